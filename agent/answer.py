@@ -1,0 +1,87 @@
+"""Run the answer chain once: stream tokens to a callback, collect passages, citations and usage,
+and turn remote failures into the project's errors (a stream cut mid-answer keeps the partial text).
+
+Shared by ``kb ask`` and the HTTP API so both give the same JSON shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.documents import Document
+
+from agent.chain import cited_sources
+from agent.errors import KbError, StreamInterruptedError, describe_remote_failure, is_remote_failure
+from agent.retrieval import result_json
+
+
+@dataclass
+class AnswerResult:
+    question: str
+    answer: str
+    passages: list[Document] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        return cited_sources(self.answer, self.passages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "sources": self.sources,
+            "usage": self.usage,
+            "passages": [result_json(i, d) for i, d in enumerate(self.passages, 1)],
+        }
+
+
+def usage_totals(by_model: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI-style usage from LangChain's per-model usage metadata; "unknown" when none was reported."""
+    if not by_model:
+        return {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None, "reported": False}
+    prompt = sum(int(u.get("input_tokens") or 0) for u in by_model.values())
+    completion = sum(int(u.get("output_tokens") or 0) for u in by_model.values())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "reported": True}
+
+
+def run_answer(
+    chain: Any,
+    question: str,
+    *,
+    on_passages: Callable[[list[Document]], None] | None = None,
+    on_token: Callable[[str], None] | None = None,
+    endpoint: str = "?",
+    base_url: str | None = None,
+) -> AnswerResult:
+    from langchain_core.callbacks import get_usage_metadata_callback
+
+    result = AnswerResult(question=question, answer="")
+    parts: list[str] = []
+    try:
+        with get_usage_metadata_callback() as usage:
+            for piece in chain.stream({"question": question}):
+                if "passages" in piece:
+                    result.passages = list(piece["passages"])
+                    if on_passages:
+                        on_passages(result.passages)
+                if piece.get("answer"):
+                    parts.append(piece["answer"])
+                    if on_token:
+                        on_token(piece["answer"])
+            result.usage = usage_totals(usage.usage_metadata)
+    except KbError:
+        raise
+    except Exception as exc:
+        if not is_remote_failure(exc):
+            raise
+        error = describe_remote_failure(exc, what="chat", endpoint=endpoint, base_url=base_url)
+        if parts:
+            raise StreamInterruptedError(
+                f"the answer stream was cut off ({error})", partial="".join(parts)
+            ) from None
+        raise error from None
+    result.answer = "".join(parts)
+    return result
