@@ -166,3 +166,17 @@ def test_usage_is_reported_from_the_stream(databricks: DatabricksStub) -> None:
     assert result.sources == [{"n": 1, "source": "hr/pto.md", "title": "PTO"}]
     body = databricks.chat_requests()[0]
     assert body["stream_options"] == {"include_usage": True}
+
+
+def test_token_never_in_debug_logs_reprs_or_errors(databricks: DatabricksStub, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    databricks.enqueue(Reply("fine [1]"), Error(401, "UNAUTHENTICATED", "Invalid access token."))
+    llm = _llm(max_retries=0)
+    _ask_with_fake_retriever()
+    with pytest.raises(AuthError) as info:
+        _ask_with_fake_retriever()
+    assert "openai" in caplog.text or "httpx" in caplog.text  # debug logging really was on
+    for text in (caplog.text, repr(llm), str(llm.model_dump()), repr(load_settings()), str(info.value)):
+        assert CANARY not in text
