@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,11 @@ def verify_weights(model_dir: Path, expected: str = MINILM_SHA256) -> None:
 
 
 class LocalMiniLMEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 through sentence-transformers, on the CPU, fully offline.
+    """all-MiniLM-L6-v2 on the CPU, fully offline.
 
-    The model is loaded on first use (7 s with torch), after its weights' sha256 is checked.
+    Documents (ingest, batches) go through sentence-transformers, loaded on first use (7 s with
+    torch); a query goes through the same weights in NumPy (``ingest.fast_embed``, ~0.1 s to load,
+    equal vectors). Either way the weights' sha256 is checked first (once per file state).
     Vectors are L2-normalised, so cosine distance is the natural metric.
     """
 
@@ -72,7 +76,9 @@ class LocalMiniLMEmbeddings(Embeddings):
             model_dir = self._model_dir or minilm_path()
             key = str(model_dir)
             if key not in _LOADED:  # one load per process, however many instances
-                verify_weights(model_dir)
+                from ingest.fast_embed import ensure_verified
+
+                ensure_verified(model_dir)  # sha256 once per file state, remembered in the user cache
                 from sentence_transformers import SentenceTransformer
 
                 _LOADED[key] = SentenceTransformer(key, device="cpu")
@@ -88,17 +94,35 @@ class LocalMiniLMEmbeddings(Embeddings):
         return vectors.tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_documents([text])[0]
+        # Queries run the same weights in NumPy (ingest.fast_embed): no torch, ~0.2 s to load
+        # instead of ~7 s, and vectors equal to sentence-transformers' (cosine > 0.9999).
+        from ingest.fast_embed import load_encoder
+
+        return load_encoder(self._model_dir or minilm_path()).encode([text])[0].tolist()
 
 
 class DatabricksEmbeddings(Embeddings):
     """A Databricks embeddings endpoint (e.g. ``databricks-gte-large-en``) via its OpenAI-compatible API.
 
-    Raw strings (no client-side tokenisation), small batches, the same Bearer token and
-    ``usage_context`` as chat. Remote failures become the project's errors.
+    Raw strings (no client-side tokenisation), the same Bearer token and ``usage_context`` as chat.
+    Built for volume:
+
+    - inputs go in batches of ``batch_size`` (default 64; Databricks foundation-model endpoints take
+      up to 150). If the endpoint answers 400 because a batch is too large, the batch is halved (or
+      cut to the maximum the error names) and the smaller size is kept;
+    - up to ``max_concurrency`` requests run at once (threads), results keep their input order;
+    - 429s are retried by the client (``KB_MAX_RETRIES``, honouring ``Retry-After``), then up to
+      ``rate_limit_patience`` more rounds during which every thread pauses together;
+    - a response with the wrong number of vectors is an error, never a silent loss;
+    - other failures become the project's remote errors (one clear line).
+
+    ``kb ingest`` embeds ``ingest_batch_size`` chunks per call on ``max_concurrency`` threads and
+    writes each batch as it completes, so a permanent failure loses nothing already embedded.
     """
 
-    batch_size = 16
+    batch_size = 64
+    max_concurrency = 4
+    rate_limit_patience = 8
 
     def __init__(
         self,
@@ -110,14 +134,23 @@ class DatabricksEmbeddings(Embeddings):
         timeout: float = 60.0,
         max_retries: int = 3,
         batch_size: int | None = None,
+        max_concurrency: int | None = None,
+        on_call: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """``on_call(event)``, if given, is told about every HTTP request made (for a usage ledger):
+        ``{"started", "latency_ms", "inputs", "prompt_tokens", "status", "error"}``."""
         from langchain_openai import OpenAIEmbeddings
+
+        from ingest.backoff import SharedPause
 
         self.endpoint = endpoint
         self.base_url = base_url
         self.model_id = f"databricks:{endpoint}"
         if batch_size:
             self.batch_size = batch_size
+        if max_concurrency:
+            self.max_concurrency = max_concurrency
+        self._pause = SharedPause()
         model_kwargs: dict[str, Any] = {"encoding_format": "float"}
         if usage_context:
             model_kwargs["extra_body"] = {"usage_context": dict(usage_context)}
@@ -126,19 +159,106 @@ class DatabricksEmbeddings(Embeddings):
             base_url=base_url,
             api_key=api_key,
             check_embedding_ctx_length=False,
-            chunk_size=self.batch_size,
+            chunk_size=4096,  # batching is ours (``batch_size``): one call here is one request
             timeout=timeout,
             max_retries=max_retries,
             model_kwargs=model_kwargs,
         )
+        if on_call is not None:
+            self._client.client = _MeteredRequests(self._client.client, on_call)
+
+    @property
+    def ingest_batch_size(self) -> int:
+        return self.batch_size
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        try:
-            return self._client.embed_documents(texts)
-        except Exception as exc:
-            raise describe_remote_failure(exc, what="embeddings", endpoint=self.endpoint, base_url=self.base_url) from None
+        size = max(1, self.batch_size)
+        batches = [list(texts[i : i + size]) for i in range(0, len(texts), size)]
+        if len(batches) == 1:
+            return self._embed_batch(batches[0])
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batches)), thread_name_prefix="kb-dbx") as pool:
+            results = list(pool.map(self._embed_batch, batches))  # input order; the first failure is raised
+        return [vector for result in results for vector in result]
+
+    def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        from ingest.backoff import status_of
+
+        attempt = 0
+        while True:
+            self._pause.wait()
+            try:
+                vectors = self._client.embed_documents(texts)
+            except Exception as exc:
+                status = status_of(exc)
+                if status == 429 and attempt < self.rate_limit_patience:
+                    self._pause.back_off(exc, attempt)
+                    attempt += 1
+                    continue
+                smaller = _smaller_batch(exc, len(texts)) if status == 400 else None
+                if smaller:
+                    self.batch_size = min(self.batch_size, smaller)
+                    return [v for i in range(0, len(texts), smaller) for v in self._embed_batch(texts[i : i + smaller])]
+                raise describe_remote_failure(exc, what="embeddings", endpoint=self.endpoint, base_url=self.base_url) from None
+            if len(vectors) != len(texts):
+                from ingest.errors import RemoteServerError
+
+                raise RemoteServerError(
+                    f"serving endpoint '{self.endpoint}' returned {len(vectors)} embeddings for {len(texts)} inputs"
+                )
+            return vectors
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
+
+
+def _smaller_batch(exc: BaseException, size: int) -> int | None:
+    """The batch size to retry with when a 400 says the batch was too large, else None."""
+    import re
+
+    text = str(getattr(exc, "body", None) or exc).lower()
+    if size <= 1 or not re.search(r"batch|too many inputs|input size|exceeds the maximum", text):
+        return None
+    named = re.search(r"maximum(?: batch size)?(?: of| is)?\s*(\d+)", text)
+    limit = int(named.group(1)) if named else size // 2
+    return max(1, min(limit, size // 2 if limit >= size else limit))
+
+
+class _MeteredRequests:
+    """The OpenAI embeddings resource, reporting each request (timing, input count, reported
+    usage, outcome; never the texts) to ``on_call``. A failing hook never fails the request."""
+
+    def __init__(self, inner: Any, on_call: Callable[[dict[str, Any]], None]) -> None:
+        self._inner = inner
+        self._on_call = on_call
+
+    def create(self, **kwargs: Any) -> Any:
+        started, clock = time.time(), time.perf_counter()
+        texts = kwargs.get("input")
+        event: dict[str, Any] = {"started": started, "inputs": len(texts) if isinstance(texts, list) else 1}
+        try:
+            response = self._inner.create(**kwargs)
+        except BaseException as exc:
+            status = getattr(exc, "status_code", None)
+            event.update(status="error", prompt_tokens=None,
+                         error=f"{type(exc).__name__} ({status})" if isinstance(status, int) else type(exc).__name__)
+            self._report(event, clock)
+            raise
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "prompt_tokens", None)
+        event.update(status="ok", error=None, prompt_tokens=int(tokens) if isinstance(tokens, int) else None)
+        self._report(event, clock)
+        return response
+
+    def _report(self, event: dict[str, Any], clock: float) -> None:
+        event["latency_ms"] = (time.perf_counter() - clock) * 1000
+        try:
+            self._on_call(event)
+        except Exception:  # noqa: BLE001 - accounting must not break embedding
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

@@ -1,91 +1,204 @@
-"""Find documents under the ingested paths and turn each file into text sections.
+"""Find documents under the ingested paths and turn each file into a ``LoadedDocument``.
 
-A loader returns ``LoadedDocument``: a title and a list of ``Section``s (the whole text of a
-markdown file, one section per PDF page, the text of an HTML page rendered as markdown). The
-splitter turns sections into chunks. Files that cannot be read become a ``Skipped`` with a reason.
+Discovery walks folders without following symlinks: a symlinked file inside the folder is read, a
+symlink that loops, dangles, or points outside the folder is reported as skipped (so is a symlinked
+folder, whose files are indexed at their real path). Hidden files and folders (``.git``, ``.env``),
+``__pycache__``, ``node_modules`` and editor/Office lock files are ignored silently. Files of an
+unsupported type are reported. Loading checks the size cap before reading a byte.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import re
-from collections.abc import Callable, Iterable
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.documents import (  # re-exported: the public shapes of this module
+    DEFAULT_MAX_FILE_BYTES,
+    LoadedDocument,
+    Section,
+    SkipFile,
+    Skipped,
+    SourceFile,
+)
 from ingest.errors import UsageError
+from ingest.formats.code import LANGUAGES, NAMED, load_code
+from ingest.formats.markup import load_markdown, load_rst, load_text
+from ingest.formats.notebooks import load_ipynb
+from ingest.formats.office import load_docx
+from ingest.formats.pdf import load_pdf
+from ingest.formats.tabular import load_csv, load_json, load_jsonl
+from ingest.formats.web import html_to_markdown, load_html
+from ingest.textio import read_text, size_cap_reason
 
-DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+__all__ = [
+    "DEFAULT_MAX_FILE_BYTES", "LOADERS", "Discovery", "LoadedDocument", "Scope", "Section", "SkipFile", "Skipped",
+    "SourceFile", "discover", "html_to_markdown", "load", "loader_for", "read_text",
+]
 
+Loader = Callable[[SourceFile, int], LoadedDocument]
 
-@dataclass(frozen=True)
-class SourceFile:
-    """A file found under an ingested root. ``source`` is its path relative to ``root``, with ``/``."""
-
-    root: Path
-    path: Path
-    source: str
-
-
-@dataclass
-class Section:
-    text: str
-    page: int | None = None  # 1-based PDF page
-
-
-@dataclass
-class LoadedDocument:
-    source: str
-    title: str
-    kind: str  # "markdown", "text", "pdf", "html"
-    sections: list[Section] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    source: str
-    reason: str
+LOADERS: dict[str, Loader] = {
+    ".md": load_markdown, ".markdown": load_markdown, ".mdx": load_markdown,
+    ".txt": load_text, ".text": load_text, ".log": load_text,
+    ".rst": load_rst,
+    ".html": load_html, ".htm": load_html,
+    ".pdf": load_pdf,
+    ".docx": load_docx,
+    ".csv": load_csv, ".tsv": load_csv,
+    ".json": load_json, ".jsonl": load_jsonl, ".ndjson": load_jsonl,
+    ".ipynb": load_ipynb,
+    **{suffix: load_code for suffix in LANGUAGES},
+}
+IGNORED_NAMES = frozenset({"__pycache__", "node_modules"})
 
 
-class SkipFile(Exception):
-    """Raised by a loader: the file is not indexed, for the reason given."""
+def loader_for(path: Path) -> Loader | None:
+    suffix = path.suffix.lower()
+    if suffix in LOADERS:
+        return LOADERS[suffix]
+    if path.name.lower() in NAMED:
+        return load_code
+    if not suffix:  # README, LICENSE, NOTES...: read as text if it decodes as text
+        return load_text
+    return None
+
+
+def ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES or name.startswith("~$") or name.endswith("~")
 
 
 # ---------------------------------------------------------------- discovery
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[SourceFile], list[Skipped]]:
+@dataclass(frozen=True)
+class Scope:
+    """What one argument of ``kb ingest`` covers: a whole root, a folder in it, or one file."""
+
+    root: Path
+    prefix: str = ""  # "" = the whole root; else a folder or file path relative to the root
+    is_file: bool = False
+
+    def covers(self, source: str) -> bool:
+        if self.is_file:
+            return source == self.prefix
+        return not self.prefix or source.startswith(self.prefix + "/")
+
+
+@dataclass
+class Discovery:
+    files: list[SourceFile] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    scopes: list[Scope] = field(default_factory=list)
+
+    @property
+    def roots(self) -> list[Path]:
+        return sorted({scope.root for scope in self.scopes})
+
+
+def discover(paths: Iterable[Path], *, known_roots: Iterable[Path] = (), exclude: Iterable[Path] = ()) -> Discovery:
     """Every supported file under ``paths`` (folders are walked, files taken as they are).
 
-    Hidden files and folders are ignored; unsupported files are reported as skipped.
+    A path inside a root already in the index keeps that root, so ``kb ingest docs/hr`` after
+    ``kb ingest docs`` updates the same documents instead of indexing them a second time.
     """
-    found: list[SourceFile] = []
-    skipped: list[Skipped] = []
+    known = sorted({Path(r) for r in known_roots}, key=lambda r: len(r.parts))
+    excluded = [Path(e).resolve() for e in exclude]
+    found = Discovery()
+    seen: set[tuple[Path, str]] = set()
     for given in paths:
         path = Path(given).expanduser()
         if not path.exists():
             raise UsageError(f"no such file or folder: {given}")
-        if path.is_file():
-            root = path.resolve().parent
-            candidates = [path.resolve()]
+        resolved = path.resolve()
+        root = next((r for r in known if resolved == r or resolved.is_relative_to(r)), None)
+        if resolved.is_dir():
+            root = root or resolved
+            prefix = resolved.relative_to(root).as_posix()
+            found.scopes.append(Scope(root, "" if prefix == "." else prefix))
+            entries: Iterable[tuple[Path, str | None]] = _walk(root, resolved, excluded, found.skipped)
+        elif resolved.is_file():
+            root = root or resolved.parent
+            found.scopes.append(Scope(root, resolved.relative_to(root).as_posix(), is_file=True))
+            entries = [(resolved, None)]
         else:
-            root = path.resolve()
-            candidates = sorted(_walk(root))
-        for file in candidates:
-            source = file.relative_to(root).as_posix()
-            if loader_for(file) is None:
-                skipped.append(Skipped(source, f"unsupported file type '{file.suffix or file.name}'"))
+            raise UsageError(f"not a regular file or folder: {given}")
+        for file, problem in entries:
+            source = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.name
+            if (root, source) in seen:
                 continue
-            found.append(SourceFile(root=root, path=file, source=source))
-    return found, skipped
+            seen.add((root, source))
+            if problem:
+                found.skipped.append(Skipped(source, problem))
+            elif loader_for(file) is None:
+                found.skipped.append(Skipped(source, f"unsupported file type '{file.suffix}'"))
+            else:
+                found.files.append(SourceFile(root=root, path=file, source=source))
+    found.files.sort(key=lambda f: (str(f.root), f.source))
+    return found
 
 
-def _walk(root: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+def _walk(root: Path, start: Path, excluded: list[Path], skipped: list[Skipped]) -> Iterator[tuple[Path, str | None]]:
+    """(path, problem) for every candidate file under ``start``; ``problem`` is a skip reason."""
+
+    def unreadable(exc: OSError) -> None:
+        where = Path(exc.filename or start)
+        source = where.relative_to(root).as_posix() if where.is_relative_to(root) else str(where)
+        skipped.append(Skipped(source + "/", f"cannot read folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(start, onerror=unreadable):
+        here = Path(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            folder = here / name
+            if ignored(name) or folder in excluded:
+                continue
+            if folder.is_symlink():
+                problem = _symlink_problem(folder, root)
+                yield folder, problem or "symlink to a folder: not followed (its files are indexed at their real path)"
+                continue
+            keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if ignored(name):
+                continue
+            file = here / name
+            if file.is_symlink():
+                problem = _symlink_problem(file, root)
+                if problem:
+                    yield file, problem
+                    continue
+            try:
+                mode = file.stat().st_mode
+            except OSError as exc:
+                yield file, f"cannot read: {exc.strerror or exc}"
+                continue
+            if stat.S_ISDIR(mode):
+                yield file, "symlink to a folder: not followed (its files are indexed at their real path)"
+            elif not stat.S_ISREG(mode):
+                yield file, "not a regular file (device, socket or pipe)"
+            else:
+                yield file, None
+
+
+def _symlink_problem(link: Path, root: Path) -> str | None:
+    """Why a symlink is not followed, or None when it points at something inside the root."""
+    try:
+        target = link.resolve(strict=True)
+    except RuntimeError:
+        return "symlink loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"broken symlink (its target {os.readlink(link)} does not exist)"
+    if link.parent.resolve().is_relative_to(target):
+        return f"symlink loop (points to {'the folder' if target == root else 'a folder'} containing it)"
+    if not target.is_relative_to(root):
+        return f"symlink points outside the folder (to {target})"
+    return None
 
 
 # ---------------------------------------------------------------- loading
@@ -101,150 +214,20 @@ def load(file: SourceFile, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Loaded
     except OSError as exc:
         raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
     if size > max_bytes:
-        raise SkipFile(f"larger than the size cap ({size / 1e6:.1f} MB > {max_bytes / 1e6:.0f} MB)")
+        raise SkipFile(size_cap_reason(size, max_bytes))
+    if size == 0:
+        raise SkipFile("empty file")
     try:
-        document = loader(file)
+        document = loader(file, max_bytes)
     except SkipFile:
         raise
     except OSError as exc:
         raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
+    except (MemoryError, RecursionError) as exc:
+        raise SkipFile(f"too complex to parse ({type(exc).__name__})") from None
+    except Exception as exc:  # a parser bug on one odd file must not stop the whole run
+        detail = " ".join(str(exc).split())[:100]
+        raise SkipFile(f"could not be parsed ({type(exc).__name__}{': ' + detail if detail else ''})") from None
     if not any(section.text.strip() for section in document.sections):
-        raise SkipFile("empty: no text to index" if document.kind != "pdf" else "no extractable text")
+        raise SkipFile("no extractable text" if document.kind == "pdf" else "no text to index (only whitespace or empty structure)")
     return document
-
-
-def read_text(path: Path) -> str:
-    """Decode a text file: UTF-8 (with or without BOM), UTF-16 with BOM, else Latin-1."""
-    data = path.read_bytes()
-    if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SkipFile("binary data, not text")
-    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
-        if data.startswith(bom):
-            return data.decode(encoding, errors="replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def _title_from_name(path: Path) -> str:
-    return path.stem.replace("-", " ").replace("_", " ").strip().capitalize() or path.name
-
-
-_H1 = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
-
-
-def load_markdown(file: SourceFile) -> LoadedDocument:
-    text = read_text(file.path)
-    match = _H1.search(text)
-    title = match.group(1).strip() if match else _title_from_name(file.path)
-    return LoadedDocument(file.source, title, "markdown", [Section(text)])
-
-
-def load_text(file: SourceFile) -> LoadedDocument:
-    text = read_text(file.path)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    title = first[:80] if first and len(first) <= 80 else _title_from_name(file.path)
-    return LoadedDocument(file.source, title, "text", [Section(text)])
-
-
-def load_pdf(file: SourceFile) -> LoadedDocument:
-    import logging
-
-    import pypdf
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
-
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # broken xref tables are reported as skips, not noise
-    try:
-        reader = pypdf.PdfReader(str(file.path))
-        if reader.is_encrypted:
-            try:
-                if not reader.decrypt(""):
-                    raise SkipFile("encrypted PDF (password required)")
-            except SkipFile:
-                raise
-            except Exception:
-                raise SkipFile("encrypted PDF (password required)") from None
-        pages = [Section(_clean_pdf_text(page.extract_text() or ""), page=i) for i, page in enumerate(reader.pages, 1)]
-        meta_title = (reader.metadata.title if reader.metadata else None) or ""
-    except SkipFile:
-        raise
-    except (DependencyError, FileNotDecryptedError):
-        raise SkipFile("encrypted PDF (password required)") from None
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
-        raise SkipFile(f"malformed PDF ({type(exc).__name__}: {str(exc)[:100]})") from None
-    except Exception as exc:  # pypdf raises a wide range of errors on broken files
-        raise SkipFile(f"malformed PDF ({type(exc).__name__})") from None
-    if not any(page.text.strip() for page in pages):
-        raise SkipFile("no extractable text (scanned or image-only PDF)")
-    first_line = next((line.strip() for page in pages for line in page.text.splitlines() if line.strip()), "")
-    title = str(meta_title).strip() or (first_line if 0 < len(first_line) <= 80 else _title_from_name(file.path))
-    return LoadedDocument(file.source, title, "pdf", pages)
-
-
-def _clean_pdf_text(text: str) -> str:
-    text = re.sub(r"-\n(?=[a-z])", "", text)  # re-join hyphenated line breaks
-    return re.sub(r"[ \t]+", " ", text).strip()
-
-
-_HTML_DROP = ("script", "style", "nav", "footer", "header", "noscript", "svg", "form", "aside", "template")
-
-
-def load_html(file: SourceFile) -> LoadedDocument:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(read_text(file.path), "html.parser")
-    title_tag = soup.find("title")
-    h1 = soup.find("h1")
-    title = (title_tag.get_text(" ", strip=True) if title_tag else "") or (
-        h1.get_text(" ", strip=True) if h1 else ""
-    )
-    for tag in soup(list(_HTML_DROP)):
-        tag.decompose()
-    body = soup.find("main") or soup.find("article") or soup.body or soup
-    return LoadedDocument(file.source, title or _title_from_name(file.path), "html", [Section(html_to_markdown(body))])
-
-
-_HTML_CONTAINERS = ["p", "li", "pre", "tr", "dt", "dd", "blockquote"]
-
-
-def html_to_markdown(node) -> str:
-    """Render HTML as light markdown so headings drive the split like in .md files."""
-    lines: list[str] = []
-    for element in node.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "tr", "dt", "dd", "blockquote"]):
-        if element.find_parent(_HTML_CONTAINERS) is not None:
-            continue  # its text is already part of an enclosing block
-        if element.name == "tr":
-            cells = [cell.get_text(" ", strip=True) for cell in element.find_all(["th", "td"])]
-            if any(cells):
-                lines.append("| " + " | ".join(cells) + " |")
-            continue
-        text = element.get_text(" ", strip=True)
-        if not text:
-            continue
-        if element.name[0] == "h" and element.name[1:].isdigit():
-            lines.append("")
-            lines.append("#" * int(element.name[1:]) + " " + text)
-            lines.append("")
-        elif element.name == "li":
-            lines.append(f"- {text}")
-        elif element.name == "pre":
-            lines.append(f"```\n{element.get_text()}\n```")
-        else:
-            lines.append(text)
-            lines.append("")
-    return "\n".join(lines).strip()
-
-
-LOADERS: dict[str, Callable[[SourceFile], LoadedDocument]] = {
-    ".md": load_markdown,
-    ".markdown": load_markdown,
-    ".txt": load_text,
-    ".pdf": load_pdf,
-    ".html": load_html,
-    ".htm": load_html,
-}
-
-
-def loader_for(path: Path) -> Callable[[SourceFile], LoadedDocument] | None:
-    return LOADERS.get(path.suffix.lower())

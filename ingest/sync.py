@@ -1,36 +1,46 @@
-"""Keep the Chroma collection in sync with folders of documents.
+"""Keep the Chroma collection in sync with folders of documents: the whole job of ``kb ingest``.
 
 - Chunk ids are sha256 of (root, source, chunk number, text): a re-run cannot create duplicates.
-- A SQLite record per file (its content hash and chunk ids) makes re-runs incremental: unchanged
-  files are not even read, changed files re-embed only chunks whose ids are new, deleted files'
-  chunks are removed, and chunks no record accounts for (a crash between steps) are swept.
-- Order of writes makes a crash at any moment safe: chunks are upserted before the file's record,
-  stale chunks are deleted after it; the next run converges.
-- One writer per index, enforced by a lock file that the OS releases if the process dies.
+- Records (``ingest.records``) make re-runs incremental: a file whose size and mtime are unchanged
+  is not even read, a file whose content hash is unchanged is not re-parsed, a changed file embeds
+  only chunk ids that are new, a deleted file's chunks are removed, and an identical chunk text
+  already in the index (a renamed or moved file, a shifted chunk) reuses its stored vector.
+- Writes are ordered so that ``kill -9`` at any moment is safe (see ``ingest.writer``); a run that
+  did not finish leaves a mark, and the next one sweeps chunks no record accounts for.
+- One writer per index (``writer_lock``); queries read a consistent index throughout (see
+  ``ingest.store`` for ``--rebuild``).
+- Several roots live side by side: a run only deletes documents under the paths it was given. A
+  path inside an already indexed root keeps that root; a new root that contains an indexed root
+  takes its documents over (re-using their vectors).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.errors import IndexBusyError
-from ingest.loaders import DEFAULT_MAX_FILE_BYTES, SkipFile, Skipped, SourceFile, discover, load
+from ingest.documents import DEFAULT_MAX_FILE_BYTES, SkipFile, Skipped, SourceFile
+from ingest.loaders import Scope, discover, load
+from ingest.records import NoRecords, Record, Records, records_path, writer_lock
 from ingest.split import Chunk, split_document
+from ingest.textio import size_cap_reason
 
-BATCH = 64
 ProgressFn = Callable[[int, int], None]  # (chunks done, chunks total)
+RACY_NS = 2_000_000_000  # a file modified within 2 s of being read is hashed again next time
 
 
 def chunk_id(root: Path, source: str, index: int, text: str) -> str:
     digest = hashlib.sha256("\x00".join((str(root), source, str(index), text)).encode("utf-8"))
     return digest.hexdigest()[:40]
+
+
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def file_sha256(path: Path) -> str:
@@ -41,68 +51,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------- records
-
-
-class Records:
-    """What was indexed, per (root, source): content hash, title and chunk ids."""
-
-    def __init__(self, index_dir: Path) -> None:
-        Path(index_dir).mkdir(parents=True, exist_ok=True)
-        self.path = Path(index_dir) / "records.sqlite"
-        self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS files (root TEXT NOT NULL, source TEXT NOT NULL, sha TEXT NOT NULL,"
-            " title TEXT NOT NULL, chunk_ids TEXT NOT NULL, PRIMARY KEY (root, source))"
-        )
-        self._db.commit()
-
-    def for_root(self, root: Path) -> dict[str, tuple[str, list[str]]]:
-        rows = self._db.execute("SELECT source, sha, chunk_ids FROM files WHERE root = ?", (str(root),))
-        return {source: (sha, json.loads(ids)) for source, sha, ids in rows}
-
-    def put(self, root: Path, source: str, sha: str, title: str, ids: list[str]) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", (str(root), source, sha, title, json.dumps(ids))
-        )
-        self._db.commit()
-
-    def delete(self, root: Path, source: str) -> None:
-        self._db.execute("DELETE FROM files WHERE root = ? AND source = ?", (str(root), source))
-        self._db.commit()
-
-    def clear(self) -> None:
-        self._db.execute("DELETE FROM files")
-        self._db.commit()
-
-    def documents(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT root, source, title, chunk_ids FROM files ORDER BY root, source")
-        return [{"root": r, "source": s, "title": t, "chunks": len(json.loads(ids))} for r, s, t, ids in rows]
-
-    def close(self) -> None:
-        self._db.close()
-
-
-@contextmanager
-def writer_lock(index_dir: Path):
-    """Hold the index's single-writer lock, or fail at once with ``IndexBusyError``."""
-    from filelock import FileLock, Timeout
-
-    Path(index_dir).mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(Path(index_dir) / "ingest.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise IndexBusyError(
-            f"another 'kb ingest' is writing to {index_dir}", hint="wait for it to finish and run again"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 # ---------------------------------------------------------------- plan
 
 
@@ -110,6 +58,8 @@ def writer_lock(index_dir: Path):
 class FilePlan:
     file: SourceFile
     sha: str
+    size: int
+    mtime_ns: int
     title: str
     chunks: list[Chunk]
     ids: list[str]
@@ -117,13 +67,29 @@ class FilePlan:
 
 
 @dataclass
+class NewSkip:
+    file: SourceFile
+    sha: str
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+@dataclass
 class Plan:
-    roots: list[Path]
+    scopes: list[Scope]
     added: list[FilePlan] = field(default_factory=list)
     changed: list[FilePlan] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    touched: list[tuple[SourceFile, int, int]] = field(default_factory=list)  # same content, new mtime
     deleted: dict[tuple[Path, str], list[str]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
+    new_skips: list[NewSkip] = field(default_factory=list)  # remembered so they are not re-parsed
+    forget: list[tuple[Path, str]] = field(default_factory=list)  # skip records of files now gone
+
+    @property
+    def roots(self) -> list[Path]:
+        return sorted({scope.root for scope in self.scopes})
 
     @property
     def chunks_to_write(self) -> int:
@@ -134,45 +100,107 @@ class Plan:
         stale = sum(len(set(p.old_ids) - set(p.ids)) for p in self.changed)
         return stale + sum(len(ids) for ids in self.deleted.values())
 
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.added or self.changed or self.deleted or self.touched or self.new_skips or self.forget)
 
-def make_plan(paths: Iterable[Path], records: Records, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Plan:
-    files, skipped = discover(paths)
-    plan = Plan(roots=sorted({f.root for f in files} | {Path(p).resolve() for p in paths if Path(p).is_dir()}))
-    plan.skipped.extend(skipped)
-    known = {root: records.for_root(root) for root in plan.roots}
+
+def make_plan(
+    paths: Iterable[Path], records: Records | NoRecords, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    exclude: Iterable[Path] = (),
+) -> Plan:
+    """Compare the files under ``paths`` with the records: what to add, re-embed, delete, skip."""
+    known_roots = records.roots()
+    found = discover(paths, known_roots=known_roots, exclude=exclude)
+    plan = Plan(scopes=found.scopes, skipped=list(found.skipped))
+    known: dict[Path, dict[str, Record]] = {root: records.for_root(root) for root in plan.roots}
     seen: set[tuple[Path, str]] = set()
-    for file in files:
+    for file in found.files:
         seen.add((file.root, file.source))
-        previous = known[file.root].get(file.source)
-        try:
-            sha = file_sha256(file.path)
-        except OSError as exc:
-            plan.skipped.append(Skipped(file.source, f"cannot read: {exc.strerror or exc}"))
-            continue
-        if previous and previous[0] == sha:
-            plan.unchanged.append(file.source)
-            continue
-        try:
-            document = load(file, max_bytes=max_bytes)
-        except SkipFile as exc:
-            plan.skipped.append(Skipped(file.source, str(exc)))
-            if previous:  # it was indexed before, now unreadable: its old chunks go
-                plan.deleted[(file.root, file.source)] = previous[1]
-            continue
-        chunks = split_document(document)
-        for chunk in chunks:
-            chunk.metadata["root"] = str(file.root)
-        ids = [chunk_id(file.root, file.source, c.metadata["chunk"], c.text) for c in chunks]
-        entry = FilePlan(file, sha, document.title, chunks, ids, previous[1] if previous else [])
-        (plan.changed if previous else plan.added).append(entry)
+        _plan_file(plan, file, known[file.root].get(file.source), max_bytes)
     for root in plan.roots:
-        for source, (_, ids) in known[root].items():
-            if (root, source) not in seen:
-                plan.deleted[(root, source)] = ids
+        scopes = [scope for scope in plan.scopes if scope.root == root]
+        for source, record in known[root].items():
+            if (root, source) not in seen and any(scope.covers(source) for scope in scopes):
+                _plan_gone(plan, root, source, record)
+    for absorbed in _nested_roots(known_roots, plan.scopes):  # their files now belong to a wider root
+        for source, record in records.for_root(absorbed).items():
+            _plan_gone(plan, absorbed, source, record)
     return plan
 
 
-# ---------------------------------------------------------------- apply
+def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, max_bytes: int) -> None:
+    try:
+        stat = file.path.stat()
+    except OSError as exc:
+        return _unreadable(plan, file, previous, f"cannot read: {exc.strerror or exc}")
+    if stat.st_size > max_bytes:  # never hashed nor read: the size cap also bounds time
+        return _unreadable(plan, file, previous, size_cap_reason(stat.st_size, max_bytes))
+    same_stat = (
+        previous is not None
+        and previous.size == stat.st_size
+        and previous.mtime_ns == stat.st_mtime_ns
+        and previous.checked_ns - stat.st_mtime_ns > RACY_NS
+    )
+    if same_stat:
+        sha = previous.sha
+    else:
+        try:
+            sha = file_sha256(file.path)
+        except OSError as exc:
+            return _unreadable(plan, file, previous, f"cannot read: {exc.strerror or exc}")
+    if previous is not None and previous.sha == sha:
+        if not same_stat:
+            plan.touched.append((file, stat.st_size, stat.st_mtime_ns))
+        if previous.skip_reason is None:
+            plan.unchanged.append(file.source)
+            return
+        from ingest.records import LOADER_VERSION
+
+        if previous.version == LOADER_VERSION:
+            plan.skipped.append(Skipped(file.source, previous.skip_reason))
+            return
+    try:
+        document = load(file, max_bytes=max_bytes)
+    except SkipFile as exc:
+        plan.skipped.append(Skipped(file.source, str(exc)))
+        plan.new_skips.append(NewSkip(file, sha, stat.st_size, stat.st_mtime_ns, str(exc)))
+        if previous is not None and previous.ids:  # it was indexed before, now unreadable: its chunks go
+            plan.deleted[(file.root, file.source)] = previous.ids
+        return
+    chunks = split_document(document)
+    ids = [chunk_id(file.root, file.source, c.metadata["chunk"], c.text) for c in chunks]
+    for chunk in chunks:
+        chunk.metadata["root"] = str(file.root)
+        chunk.metadata["text_sha"] = text_sha(chunk.text)
+    indexed_before = previous is not None and previous.skip_reason is None
+    entry = FilePlan(file, sha, stat.st_size, stat.st_mtime_ns, document.title, chunks, ids,
+                     previous.ids if previous is not None else [])
+    (plan.changed if indexed_before else plan.added).append(entry)
+
+
+def _unreadable(plan: Plan, file: SourceFile, previous: Record | None, reason: str) -> None:
+    plan.skipped.append(Skipped(file.source, reason))
+    if previous is not None and previous.ids:
+        plan.deleted[(file.root, file.source)] = previous.ids
+    elif previous is not None:
+        plan.forget.append((file.root, file.source))
+
+
+def _plan_gone(plan: Plan, root: Path, source: str, record: Record) -> None:
+    if record.skip_reason is None:
+        plan.deleted[(root, source)] = record.ids
+    else:
+        plan.forget.append((root, source))
+
+
+def _nested_roots(known_roots: list[Path], scopes: list[Scope]) -> list[Path]:
+    folders = [scope.root / scope.prefix if scope.prefix else scope.root for scope in scopes if not scope.is_file]
+    roots = {scope.root for scope in scopes}
+    return [r for r in known_roots if r not in roots and any(r.is_relative_to(folder) for folder in folders)]
+
+
+# ---------------------------------------------------------------- summary
 
 
 @dataclass
@@ -186,6 +214,9 @@ class Summary:
     chunks_deleted: int
     chunks_total: int
     dry_run: bool = False
+    chunks_reused: int = 0  # written with a vector already in the index (same text): not re-embedded
+    files: list[dict[str, Any]] = field(default_factory=list)  # per added/changed/deleted file
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -193,88 +224,18 @@ class Summary:
         return data
 
 
-def apply_plan(plan: Plan, store: Any, records: Records, *, progress: ProgressFn | None = None) -> Summary:
-    """Write the plan into the store: embed and upsert new chunks, then record, then delete stale ones."""
-    collection = store._collection  # the raw chromadb collection for id-level reads and deletes
-    todo = plan.added + plan.changed
-    existing = _existing_ids(collection, [i for p in todo for i in p.ids])
-    total = sum(1 for p in todo for i in p.ids if i not in existing)
-    done = 0
-    if progress:
-        progress(0, total)
-
-    batch: list[tuple[str, Chunk]] = []
-    waiting: list[FilePlan] = []  # files whose chunks are in the batch, recorded once it is written
-
-    def flush() -> None:
-        nonlocal done
-        if batch:
-            store.add_texts(
-                texts=[c.text for _, c in batch], metadatas=[c.metadata for _, c in batch], ids=[i for i, _ in batch]
-            )
-            done += len(batch)
-            batch.clear()
-            if progress:
-                progress(done, total)
-        for entry in waiting:
-            _commit_file(entry, collection, records)
-        waiting.clear()
-
-    for entry in todo:
-        for cid, chunk in zip(entry.ids, entry.chunks):
-            if cid not in existing:
-                batch.append((cid, chunk))
-                if len(batch) >= BATCH:
-                    flush()
-        waiting.append(entry)
-        if not batch:
-            flush()
-    flush()
-
-    deleted_chunks = sum(len(set(p.old_ids) - set(p.ids)) for p in plan.changed)
-    for (root, source), ids in plan.deleted.items():
-        if ids:
-            collection.delete(ids=ids)
-        records.delete(root, source)
-        deleted_chunks += len(ids)
-    deleted_chunks += _sweep_orphans(collection, records, plan.roots)
-    return Summary(
-        added=len(plan.added),
-        changed=len(plan.changed),
-        unchanged=len(plan.unchanged),
-        deleted=len(plan.deleted),
-        skipped=plan.skipped,
-        chunks_embedded=done,
-        chunks_deleted=deleted_chunks,
-        chunks_total=collection.count(),
-    )
-
-
-def _commit_file(entry: FilePlan, collection: Any, records: Records) -> None:
-    records.put(entry.file.root, entry.file.source, entry.sha, entry.title, entry.ids)
-    stale = sorted(set(entry.old_ids) - set(entry.ids))
-    if stale:
-        collection.delete(ids=stale)
-
-
-def _existing_ids(collection: Any, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        found.update(collection.get(ids=ids[start : start + 500], include=[])["ids"])
-    return found
-
-
-def _sweep_orphans(collection: Any, records: Records, roots: list[Path]) -> int:
-    """Delete chunks under these roots that no record accounts for (left by an interrupted run)."""
-    removed = 0
-    for root in roots:
-        expected = {i for _, ids in records.for_root(root).values() for i in ids}
-        present = collection.get(where={"root": str(root)}, include=[])["ids"]
-        orphans = [i for i in present if i not in expected]
-        if orphans:
-            collection.delete(ids=orphans)
-            removed += len(orphans)
-    return removed
+def file_changes(plan: Plan) -> list[dict[str, Any]]:
+    """What the plan does per file: the dry run's listing and the ``files`` of ``--json``."""
+    changes = []
+    for action, entries in (("added", plan.added), ("changed", plan.changed)):
+        for entry in entries:
+            new, old = set(entry.ids), set(entry.old_ids)
+            changes.append({"action": action, "source": entry.file.source, "root": str(entry.file.root),
+                            "chunks": len(entry.ids), "to_embed": len(new - old), "to_delete": len(old - new)})
+    for (root, source), ids in sorted(plan.deleted.items()):
+        changes.append({"action": "deleted", "source": source, "root": str(root), "chunks": 0,
+                        "to_embed": 0, "to_delete": len(ids)})
+    return changes
 
 
 def plan_summary(plan: Plan) -> Summary:
@@ -288,7 +249,11 @@ def plan_summary(plan: Plan) -> Summary:
         chunks_deleted=plan.chunks_to_delete,
         chunks_total=0,
         dry_run=True,
+        files=file_changes(plan),
     )
+
+
+# ---------------------------------------------------------------- the job
 
 
 def ingest(
@@ -300,27 +265,61 @@ def ingest(
     rebuild: bool = False,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: ProgressFn | None = None,
+    chroma_url: str | None = None,
+    batch_size: int | None = None,
 ) -> Summary:
-    """Bring the index at ``index_dir`` in line with ``paths``: the whole job of ``kb ingest``."""
-    from ingest.store import delete_collection, open_store
+    """Bring the index at ``index_dir`` (or on the Chroma server ``chroma_url``) in line with ``paths``."""
+    from ingest.lexical import sync_lexical
+    from ingest.store import KbChroma, activate, collection_ids, connect, open_target, store_key
+    from ingest.writer import apply_plan
 
+    started = time.perf_counter()
     paths = [Path(p) for p in paths]
+    key = store_key(chroma_url)
     if dry_run:  # read-only: creates nothing, not even the index folder
-        if rebuild or not (Path(index_dir) / "records.sqlite").exists():
-            return plan_summary(make_plan(paths, _EmptyRecords(), max_bytes=max_bytes))
+        with closing(_read_only_records(index_dir, key, rebuild)) as records:
+            return plan_summary(make_plan(paths, records, max_bytes=max_bytes, exclude=[index_dir]))
+    with writer_lock(index_dir), _index_errors(chroma_url or str(index_dir)):
+        client = connect(index_dir, chroma_url, create=True)
+        target = open_target(client, embeddings, rebuild=rebuild, where=chroma_url or str(index_dir))
         with closing(Records(index_dir)) as records:
-            return plan_summary(make_plan(paths, records, max_bytes=max_bytes))
-    with writer_lock(index_dir):
-        if rebuild:
-            delete_collection(index_dir)
-        with closing(Records(index_dir)) as records:
-            if rebuild:
-                records.clear()
-            plan = make_plan(paths, records, max_bytes=max_bytes)
-            store = open_store(index_dir, embeddings, create=True)
-            return apply_plan(plan, store, records, progress=progress)
+            records.adopt(target.id, key)
+            records.purge(key, collection_ids(client) | {target.id})
+            if not target.activate:
+                records.activate(key)
+            plan = make_plan(paths, records, max_bytes=max_bytes, exclude=[index_dir])
+            summary = apply_plan(plan, target.collection, embeddings, records, progress=progress, batch_size=batch_size)
+            if target.activate:  # a rebuild is complete: readers switch to it now
+                activate(target)
+                records.activate(key)
+        summary.files = file_changes(plan)
+        store = KbChroma(collection_name=target.name, embedding_function=embeddings, client=client,
+                         create_collection_if_not_exists=False)
+        sync_lexical(index_dir, store._collection)  # BM25 index: same chunks as Chroma, rebuilt when they changed
+        if not chroma_url:  # queries read this copy without importing chromadb (ingest/snapshot.py)
+            from ingest.snapshot import sync_snapshot
+
+            sync_snapshot(index_dir, store._collection)
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary
 
 
-class _EmptyRecords:
-    def for_root(self, root: Path) -> dict:
-        return {}
+@contextmanager
+def _index_errors(where: str):
+    """Chroma failing under us (disk full, damaged files, server errors) is one clear error."""
+    from chromadb.errors import ChromaError
+
+    from ingest.store import unusable
+
+    try:
+        yield
+    except ChromaError as exc:
+        raise unusable(where, exc) from None
+
+
+def _read_only_records(index_dir: Path, key: str, rebuild: bool) -> Records | NoRecords:
+    if rebuild or not records_path(index_dir).exists():
+        return NoRecords()
+    records = Records(index_dir, collection="", read_only=True)
+    records.collection = records.get_state(f"active:{key}") or ""
+    return records

@@ -1,0 +1,277 @@
+"""The lexical (BM25) index, kept in step with the Chroma collection.
+
+BM25 finds chunks that share the query's words, which embeddings often miss: exact names
+(``cost_center``, ``gw-lis``), numbers, rare terms. The index is built with ``bm25s`` from the
+collection's own chunks (ids, texts, titles, sections), so both indexes always hold the same
+chunks; ``kb ingest`` calls ``sync_lexical`` at the end of every run, which rebuilds it only when
+the collection's set of chunk ids changed (or the tokenizer did).
+
+Layout under ``KB_INDEX_DIR/bm25/``: ``current.json`` names the live build folder ``v-<hash>``
+(bm25s arrays + ``ids.json``). A new build is written to its own folder and ``current.json`` is
+replaced atomically, so a reader never sees a half-written index.
+
+Text is lower-cased, split on non-alphanumerics, stripped of stop words and stemmed (Snowball,
+PyStemmer); each chunk is indexed with its title, section path and source path prepended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LEXICAL_VERSION = 2  # bump when tokenization or indexed text changes: forces a rebuild
+_PAGE = 5000
+_WORD = re.compile(r"[a-z0-9]+")
+
+# Function words and conversational fillers that carry no meaning for retrieval (questions are
+# full of them; dropping the fillers raised BM25 nDCG@10 on both gold sets).
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had
+    has have having he her here hers herself him himself his how i if in into is it its itself just
+    me more most my myself nor of off on once only or other our ours ourselves out over own same she
+    should so some such than that the their theirs them themselves then there these they this those
+    through to too under until up very was we were what when where which while who whom why will with
+    would you your yours yourself yourselves get got
+    also anyone anything let like many might much need needs ok okay please somebody someone something
+    supposed tell us want way""".split()
+)
+
+
+def _stemmer() -> Any:
+    try:
+        import Stemmer  # PyStemmer: Snowball stemmers in C
+
+        return Stemmer.Stemmer("english")
+    except ImportError:  # pragma: no cover - PyStemmer is a dependency; degrade to no stemming
+        return None
+
+
+_STEMMER = _stemmer()
+_STEM_CACHE: dict[str, str] = {}
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased, stop-word-free, stemmed word tokens: ``"Rolling back deploys"`` -> ``["roll", "back", "deploy"]``."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+    if _STEMMER is None:
+        return words
+    out = []
+    for word in words:
+        stem = _STEM_CACHE.get(word)
+        if stem is None:
+            stem = _STEM_CACHE.setdefault(word, _STEMMER.stemWord(word))
+        out.append(stem)
+    return out
+
+
+def indexed_text(text: str, metadata: dict[str, Any] | None) -> str:
+    """What BM25 sees for a chunk: its source path, title and section path, then its text."""
+    meta = metadata or {}
+    source = str(meta.get("source") or "")
+    context = " ".join(
+        part for part in (source.rsplit(".", 1)[0].replace("/", " "), meta.get("title"), meta.get("section")) if part
+    )
+    return f"{context}\n{text}" if context else text
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    digest = hashlib.sha256(f"v{LEXICAL_VERSION}".encode())
+    for chunk_id in sorted(ids):
+        digest.update(chunk_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def lexical_dir(index_dir: Path) -> Path:
+    return Path(index_dir) / "bm25"
+
+
+@dataclass
+class LexicalHits:
+    """BM25 scores of one query over every chunk, with ranks on demand."""
+
+    ids: list[str]
+    scores: np.ndarray
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` best chunks with a positive score, best first."""
+        if not self.ids or n <= 0:
+            return []
+        n = min(n, len(self.ids))
+        best = np.argpartition(-self.scores, n - 1)[:n]
+        best = best[np.argsort(-self.scores[best], kind="stable")]
+        return [(self.ids[i], float(self.scores[i])) for i in best if self.scores[i] > 0]
+
+    def score_and_rank(self, chunk_id: str) -> tuple[float, int | None]:
+        """The chunk's score and its rank among all chunks (``None`` when it shares no word with the query)."""
+        position = self._positions().get(chunk_id)
+        if position is None:
+            return 0.0, None
+        score = float(self.scores[position])
+        if score <= 0:
+            return 0.0, None
+        return score, int(np.count_nonzero(self.scores > score)) + 1
+
+    def _positions(self) -> dict[str, int]:
+        cache = self.__dict__.get("_pos")
+        if cache is None:
+            cache = self.__dict__["_pos"] = {cid: i for i, cid in enumerate(self.ids)}
+        return cache
+
+
+class LexicalIndex:
+    """A bm25s index over chunk ids."""
+
+    def __init__(self, ids: list[str], model: Any) -> None:
+        self.ids = ids
+        self._model = model
+        self._positions: dict[str, int] | None = None  # chunk id -> position, shared by every query's hits
+
+    def _hits(self, scores: np.ndarray) -> LexicalHits:
+        if self._positions is None:
+            self._positions = {cid: i for i, cid in enumerate(self.ids)}
+        hits = LexicalHits(self.ids, scores)
+        hits.__dict__["_pos"] = self._positions  # built once per index, not once per query
+        return hits
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def build(cls, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict[str, Any] | None]) -> LexicalIndex:
+        import bm25s
+
+        if not ids:
+            return cls([], None)
+        model = bm25s.BM25()
+        corpus = [tokenize(indexed_text(t or "", m)) for t, m in zip(texts, metadatas)]
+        model.index(corpus, show_progress=False)
+        return cls(list(ids), model)
+
+    def search(self, query: str) -> LexicalHits:
+        if self._model is None:
+            return LexicalHits([], np.zeros(0, dtype=np.float32))
+        tokens = tokenize(query)
+        if not tokens:
+            return self._hits(np.zeros(len(self.ids), dtype=np.float32))
+        return self._hits(np.asarray(self._model.get_scores(tokens), dtype=np.float32))
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, index_dir: Path, digest: str) -> None:
+        """Write this build next to the live one, then switch ``current.json`` to it atomically."""
+        root = lexical_dir(index_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"v-{digest[:16]}"
+        staging = root / f"tmp-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            if self._model is not None:
+                self._model.save(str(staging), show_progress=False)
+            (staging / "ids.json").write_text(json.dumps(self.ids), encoding="utf-8")
+            target = root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        state = {"version": LEXICAL_VERSION, "dir": name, "ids_digest": digest, "count": len(self.ids)}
+        tmp = root / f"current.json.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, root / "current.json")
+        for old in root.iterdir():  # previous builds and leftovers of interrupted ones
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def load(cls, index_dir: Path) -> tuple[LexicalIndex, dict[str, Any]] | None:
+        """The persisted index and its state, or ``None`` if missing, unreadable or of another version."""
+        import bm25s
+
+        state = read_state(index_dir)
+        if state is None:
+            return None
+        folder = lexical_dir(index_dir) / state["dir"]
+        try:
+            ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+            model = bm25s.BM25.load(str(folder), show_progress=False) if ids else None
+        except (OSError, ValueError):
+            return None
+        return cls(ids, model), state
+
+
+def read_state(index_dir: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((lexical_dir(index_dir) / "current.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("version") != LEXICAL_VERSION or not state.get("dir"):
+        return None
+    return state
+
+
+# ---------------------------------------------------------------- the collection side
+
+
+def collection_ids(collection: Any) -> list[str]:
+    ids: list[str] = []
+    offset = 0
+    while True:
+        page = collection.get(include=[], limit=_PAGE, offset=offset)["ids"]
+        ids.extend(page)
+        if len(page) < _PAGE:
+            return ids
+        offset += _PAGE
+
+
+def build_from_collection(collection: Any) -> LexicalIndex:
+    ids: list[str] = []
+    texts: list[str] = []
+    metadatas: list[dict[str, Any] | None] = []
+    offset = 0
+    while True:
+        page = collection.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
+        ids.extend(page["ids"])
+        texts.extend(page["documents"] or [])
+        metadatas.extend(page["metadatas"] or [None] * len(page["ids"]))
+        if len(page["ids"]) < _PAGE:
+            break
+        offset += _PAGE
+    return LexicalIndex.build(ids, texts, metadatas)
+
+
+def sync_lexical(index_dir: Path, collection: Any) -> bool:
+    """Rebuild the persisted BM25 index if it is missing or does not hold the collection's chunks.
+
+    Returns whether it was rebuilt. Called by ``kb ingest`` (under the writer lock) after every run.
+    """
+    digest = ids_digest(collection_ids(collection))
+    state = read_state(index_dir)
+    if state is not None and state.get("ids_digest") == digest and (lexical_dir(index_dir) / state["dir"]).is_dir():
+        return False
+    build_from_collection(collection).save(index_dir, digest)
+    return True
+
+
+def open_lexical(index_dir: Path, collection: Any) -> LexicalIndex:
+    """The BM25 index for queries: the persisted one when it matches the collection, else one built
+    in memory from the collection (an index from before BM25 existed, or an interrupted ingest).
+    Queries never write to the index folder."""
+    loaded = LexicalIndex.load(index_dir)
+    if loaded is not None:
+        index, state = loaded
+        if state.get("count") == collection.count() == len(index):
+            return index
+    return build_from_collection(collection)

@@ -1,0 +1,205 @@
+"""What the index holds, per file, and the single-writer lock (both under ``KB_INDEX_DIR``).
+
+``records.sqlite`` keeps, per (collection, root, source): the content sha256, size and mtime (so an
+untouched file is not even re-read), the title and the chunk ids written for it, or the reason it
+was skipped (so a broken file is not re-parsed until it changes). Rows are keyed by the Chroma
+collection's id, so a rebuilt or recreated collection starts with no records, and records of an
+embedded index never mix with those of a Chroma server.
+
+The ``state`` table remembers the active collection per store and a "dirty" mark per collection
+while a run writes to it: a run that died leaves the mark, and the next run sweeps orphans.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.errors import IndexBusyError
+
+RECORDS_FILE = "records.sqlite"
+LOADER_VERSION = 2  # bump when loading/splitting changes: cached skips are then retried
+
+
+def records_path(index_dir: Path) -> Path:
+    return Path(index_dir) / RECORDS_FILE
+
+
+@dataclass(frozen=True)
+class Record:
+    sha: str
+    size: int
+    mtime_ns: int
+    checked_ns: int
+    title: str
+    ids: list[str]
+    skip_reason: str | None
+    version: int
+
+
+class Records:
+    """Records of one collection (``collection`` is its Chroma id; by default the collection the
+    last ingest wrote, whatever its store)."""
+
+    def __init__(self, index_dir: Path, collection: str | None = None, *, read_only: bool = False) -> None:
+        self.path = records_path(index_dir)
+        if read_only:  # create nothing: without a live writer (no -wal file), open the file as immutable
+            live = self.path.with_name(self.path.name + "-wal").exists()
+            uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if live else "&immutable=1")
+            self._db = sqlite3.connect(uri, uri=True, timeout=30)
+            self.collection = collection if collection is not None else (self.get_state("active") or "")
+            return
+        Path(index_dir).mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("DROP TABLE IF EXISTS files")  # the first format, keyed by path only
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS records (collection TEXT NOT NULL, root TEXT NOT NULL, source TEXT NOT NULL,"
+            " sha TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, checked_ns INTEGER NOT NULL,"
+            " title TEXT NOT NULL, chunk_ids TEXT NOT NULL, skip_reason TEXT, version INTEGER NOT NULL,"
+            " PRIMARY KEY (collection, root, source))"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.commit()
+        self.collection = collection if collection is not None else (self.get_state("active") or "")
+
+    # -- reading
+
+    def roots(self) -> list[Path]:
+        rows = self._db.execute("SELECT DISTINCT root FROM records WHERE collection = ?", (self.collection,))
+        return [Path(root) for (root,) in rows]
+
+    def for_root(self, root: Path) -> dict[str, Record]:
+        rows = self._db.execute(
+            "SELECT source, sha, size, mtime_ns, checked_ns, title, chunk_ids, skip_reason, version FROM records"
+            " WHERE collection = ? AND root = ?",
+            (self.collection, str(root)),
+        )
+        return {s: Record(sha, size, m, c, t, json.loads(ids), r, v) for s, sha, size, m, c, t, ids, r, v in rows}
+
+    def expected_ids(self, root: Path) -> set[str]:
+        return {i for record in self.for_root(root).values() for i in record.ids}
+
+    def documents(self) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT root, source, title, chunk_ids FROM records WHERE collection = ? AND skip_reason IS NULL"
+            " ORDER BY root, source",
+            (self.collection,),
+        )
+        return [{"root": r, "source": s, "title": t, "chunks": len(json.loads(ids))} for r, s, t, ids in rows]
+
+    # -- writing (each call is its own transaction: a crash never leaves half a record)
+
+    def put(self, root: Path, source: str, sha: str, title: str, ids: list[str], *, size: int = -1,
+            mtime_ns: int = 0, checked_ns: int = 0, skip_reason: str | None = None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.collection, str(root), source, sha, size, mtime_ns, checked_ns, title, json.dumps(ids),
+             skip_reason, LOADER_VERSION),
+        )
+        self._db.commit()
+
+    def touch(self, root: Path, source: str, *, size: int, mtime_ns: int, checked_ns: int) -> None:
+        self._db.execute(
+            "UPDATE records SET size = ?, mtime_ns = ?, checked_ns = ? WHERE collection = ? AND root = ? AND source = ?",
+            (size, mtime_ns, checked_ns, self.collection, str(root), source),
+        )
+        self._db.commit()
+
+    def delete(self, root: Path, source: str) -> None:
+        self._db.execute(
+            "DELETE FROM records WHERE collection = ? AND root = ? AND source = ?", (self.collection, str(root), source)
+        )
+        self._db.commit()
+
+    def adopt(self, collection: str, store: str) -> None:
+        """Make ``collection`` (of ``store``: "local" or a server URL) the one these records describe."""
+        self.collection = collection
+        self.set_state(f"store:{collection}", store)
+
+    def activate(self, store: str) -> None:
+        """Remember that readers of ``store`` now use this collection (and that it was written last)."""
+        self.set_state(f"active:{store}", self.collection)
+        self.set_state("active", self.collection)
+
+    def purge(self, store: str, existing: set[str]) -> None:
+        """Drop records of ``store``'s collections that no longer exist (replaced by a rebuild)."""
+        rows = self._db.execute("SELECT key FROM state WHERE key LIKE 'store:%' AND value = ?", (store,)).fetchall()
+        for (key,) in rows:
+            collection = key.split(":", 1)[1]
+            if collection not in existing:
+                self._db.execute("DELETE FROM records WHERE collection = ?", (collection,))
+                self._db.execute("DELETE FROM state WHERE key IN (?, ?)", (key, f"dirty:{collection}"))
+        self._db.commit()
+
+    # -- state
+
+    def get_state(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._db.execute("DELETE FROM state WHERE key = ?", (key,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+        self._db.commit()
+
+    def dirty_roots(self) -> set[Path]:
+        """Roots a run was writing when it stopped without finishing (their orphans need a sweep)."""
+        value = self.get_state(f"dirty:{self.collection}")
+        return {Path(root) for root in json.loads(value)} if value else set()
+
+    def mark_dirty(self, roots: list[Path]) -> None:
+        marked = sorted({str(r) for r in roots} | {str(r) for r in self.dirty_roots()})
+        self.set_state(f"dirty:{self.collection}", json.dumps(marked))
+
+    def clear_dirty(self) -> None:
+        self.set_state(f"dirty:{self.collection}", None)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class NoRecords:
+    """The records of an index that does not exist yet (dry runs before the first ingest)."""
+
+    collection = ""
+
+    def dirty_roots(self) -> set[Path]:
+        return set()
+
+    def roots(self) -> list[Path]:
+        return []
+
+    def for_root(self, root: Path) -> dict[str, Record]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def writer_lock(index_dir: Path):
+    """Hold the index's single-writer lock, or fail at once with ``IndexBusyError``.
+
+    An OS file lock (``flock``): released by the kernel when the holder exits, even by ``kill -9``.
+    """
+    from filelock import FileLock, Timeout
+
+    Path(index_dir).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(index_dir) / "ingest.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise IndexBusyError(
+            f"another 'kb ingest' is writing to the index at {index_dir}", hint="wait for it to finish and run again"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
