@@ -15,6 +15,7 @@ from langchain_core.documents import Document
 from agent.chain import cited_sources
 from agent.errors import KbError, StreamInterruptedError, describe_remote_failure, is_remote_failure
 from agent.retrieval import result_json
+from agent.tokens import UNKNOWN
 
 
 @dataclass
@@ -22,7 +23,7 @@ class AnswerResult:
     question: str
     answer: str
     passages: list[Document] = field(default_factory=list)
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=lambda: dict(UNKNOWN))  # no model call: counts unknown
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -39,9 +40,13 @@ class AnswerResult:
 
 
 def usage_totals(by_model: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI-style usage from LangChain's per-model usage metadata; "unknown" when none was reported."""
+    """OpenAI-style usage from LangChain's per-model usage metadata; "unknown" when none was reported.
+
+    Deprecated: it cannot see calls that reported nothing, so a total can be short yet say
+    ``reported: True``. Use ``agent.tokens.collect_usage()`` / ``.totals()`` instead.
+    """
     if not by_model:
-        return {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None, "reported": False}
+        return dict(UNKNOWN)
     prompt = sum(int(u.get("input_tokens") or 0) for u in by_model.values())
     completion = sum(int(u.get("output_tokens") or 0) for u in by_model.values())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "reported": True}
@@ -56,12 +61,12 @@ def run_answer(
     endpoint: str = "?",
     base_url: str | None = None,
 ) -> AnswerResult:
-    from langchain_core.callbacks import get_usage_metadata_callback
+    from agent.tokens import collect_usage
 
     result = AnswerResult(question=question, answer="")
     parts: list[str] = []
     try:
-        with get_usage_metadata_callback() as usage:
+        with collect_usage() as usage:
             for piece in chain.stream({"question": question}):
                 if "passages" in piece:
                     result.passages = list(piece["passages"])
@@ -71,7 +76,7 @@ def run_answer(
                     parts.append(piece["answer"])
                     if on_token:
                         on_token(piece["answer"])
-            result.usage = usage_totals(usage.usage_metadata)
+            result.usage = usage.totals()  # "unknown" unless every model call reported usage
     except KbError:
         raise
     except Exception as exc:

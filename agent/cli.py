@@ -40,9 +40,11 @@ def handle_errors(command):
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from agent.errors import KbError
+        from agent.tracing import traced_command  # MLflow only when KB_MLFLOW_TRACKING_URI is set
 
         try:
-            return command(*args, **kwargs)
+            with traced_command(command.__name__.rstrip("_")):
+                return command(*args, **kwargs)
         except KbError as exc:
             raise _fail(exc) from None
         except KeyboardInterrupt:
@@ -63,8 +65,15 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each model call (tokens, latency) and HTTP request to stderr.")
+    ] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Write logs as JSON lines (secrets redacted).")] = False,
 ) -> None:
     """kb: answers over internal documents with a Databricks-served LLM."""
+    from agent.logs import configure_logging
+
+    configure_logging(verbose=verbose, json_format=log_json)
 
 
 def _settings():
@@ -81,11 +90,15 @@ def _settings():
 def ingest(
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: KB_KNOWLEDGE_DIR).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop the index and build it from scratch.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build a fresh index; queries use the old one until it is done.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail if any file is skipped.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Index documents (.md, .txt, .pdf, .html) into the local Chroma index, incrementally."""
+    """Sync documents into the index: new and changed files are embedded, deleted ones removed.
+
+    Reads Markdown, text, reStructuredText, HTML, PDF, Word (.docx), CSV, JSON, notebooks (.ipynb,
+    Databricks source) and source code; other files are skipped and reported.
+    """
     from agent.errors import IngestError
     from agent.retrieval import build_embeddings
     from ingest.sync import ingest as run_ingest
@@ -93,17 +106,24 @@ def ingest(
     settings = _settings()
     targets = paths or [settings.knowledge_dir]
     embeddings = None if dry_run else build_embeddings(settings, command="ingest")
+    if settings.embeddings == "databricks" and embeddings is not None:
+        embeddings.batch_size = settings.embedding_batch
+        embeddings.max_concurrency = settings.embedding_concurrency
     with _progress(enabled=not as_json and not dry_run) as progress:
         summary = run_ingest(
-            targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=progress
+            targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=progress,
+            chroma_url=settings.chroma_url, max_bytes=int(settings.max_file_mb * 1024 * 1024),
         )
+    where = settings.chroma_url or str(settings.index_dir)
     if as_json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps(summary.to_dict() | {"index": where}, indent=2, ensure_ascii=False))
     else:
-        _print_ingest_summary(summary, targets, settings.index_dir)
+        _print_ingest_summary(summary, targets, where)
     indexed = summary.added + summary.changed + summary.unchanged
-    if summary.skipped and indexed == 0:
+    if indexed == 0 and summary.skipped:
         raise IngestError(f"nothing could be indexed: all {len(summary.skipped)} files were skipped")
+    if indexed == 0 and not summary.deleted:
+        raise IngestError(f"no documents found in {', '.join(str(t) for t in targets)}")
     if strict and summary.skipped:
         raise IngestError(f"{len(summary.skipped)} file(s) skipped and --strict is set")
 
@@ -111,8 +131,9 @@ def ingest(
 class _progress:
     """A Rich progress bar fed by the ingest's (done, total) callback."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, label: str = "embedding chunks") -> None:
         self.enabled = enabled and err.is_terminal
+        self.label = label
         self._bar: Any = None
         self._task: Any = None
 
@@ -122,7 +143,7 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(
-            TextColumn("embedding chunks"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=err, transient=True,
         )
         self._bar.start()
@@ -138,22 +159,31 @@ class _progress:
             self._bar.stop()
 
 
-def _print_ingest_summary(summary: Any, targets: list[Path], index_dir: Path) -> None:
+def _print_ingest_summary(summary: Any, targets: list[Path], where: str) -> None:
     verb = "Would index" if summary.dry_run else "Indexed"
-    where = ", ".join(str(t) for t in targets)
     out.print(
-        f"{verb} {escape(where)}: {summary.added} added, {summary.changed} changed, "
+        f"{verb} {escape(', '.join(str(t) for t in targets))}: {summary.added} added, {summary.changed} changed, "
         f"{summary.unchanged} unchanged, {summary.deleted} deleted, {len(summary.skipped)} skipped"
     )
     if summary.dry_run:
+        marks = {"added": "+", "changed": "~", "deleted": "-"}
+        for change in summary.files[:200]:
+            detail = {"added": f"{change['chunks']} chunks", "deleted": f"{change['to_delete']} chunks to delete",
+                      "changed": f"{change['to_embed']} chunks to embed, {change['to_delete']} to delete"}[change["action"]]
+            out.print(f"  {marks[change['action']]} {escape(change['source'])} ({detail})")
+        if len(summary.files) > 200:
+            out.print(f"  ... and {len(summary.files) - 200} more (--json lists them all)")
         out.print(f"chunks to embed: {summary.chunks_embedded}, chunks to delete: {summary.chunks_deleted} (nothing written)")
     else:
+        reused = f" (+{summary.chunks_reused} reused)" if summary.chunks_reused else ""
         out.print(
-            f"chunks embedded: {summary.chunks_embedded}, deleted: {summary.chunks_deleted}; "
-            f"{summary.chunks_total} chunks in {escape(str(index_dir))}"
+            f"chunks embedded: {summary.chunks_embedded}{reused}, deleted: {summary.chunks_deleted}; "
+            f"{summary.chunks_total} chunks in {escape(where)} ({summary.seconds:.1f} s)"
         )
-    for skipped in summary.skipped:
+    for skipped in summary.skipped[:50]:
         err.print(f"[yellow]skipped[/] {escape(skipped.source)}: {escape(skipped.reason)}")
+    if len(summary.skipped) > 50:
+        err.print(f"[yellow]skipped[/] ... and {len(summary.skipped) - 50} more (--json lists them all)")
 
 
 # ---------------------------------------------------------------- search
@@ -165,16 +195,27 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many passages.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each hit's dense and BM25 ranks and scores.")] = False,
 ) -> None:
     """Find the passages closest to QUERY. Needs no LLM and no network."""
     from agent.retrieval import build_retriever, search_json
 
     settings = _settings()
-    documents = build_retriever(settings, k=k).invoke(query)
+    retriever = build_retriever(settings, k=k, mode=mode)
+    documents = retriever.invoke(query)
     if as_json:
-        print(json.dumps(search_json(query, documents), indent=2, ensure_ascii=False))
+        print(json.dumps(search_json(query, documents, explain=explain, mode=retriever.mode), indent=2, ensure_ascii=False))
     else:
         _print_passages(documents)
+        _print_explain(documents, explain)
+
+
+def _print_explain(documents: list[Any], explain: bool) -> None:
+    if explain and documents:
+        from agent.explain import explain_table
+
+        out.print(explain_table(documents))
 
 
 def _print_passages(documents: list[Any]) -> None:
@@ -199,29 +240,42 @@ def ask(
     question: Annotated[str, typer.Argument(help="Your question.")],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many passages to give the model.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of streaming.")] = False,
+    mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each passage's dense and BM25 ranks and scores.")] = False,
 ) -> None:
     """Answer QUESTION from the indexed documents with numbered citations, streamed."""
+    from langchain_core.runnables import RunnableLambda
+
     from agent.answer import run_answer
     from agent.chain import build_rag_chain
     from agent.errors import StreamInterruptedError
-    from agent.retrieval import build_retriever, search_json
+    from agent.retrieval import build_retriever, explain_json, refusal, search_json
+    from agent.tokens import UNKNOWN
 
     settings = _settings()
-    retriever = build_retriever(settings, k=k, command="ask")
+    retriever = build_retriever(settings, k=k, command="ask", mode=mode)
     if not settings.llm_configured:
         missing = " and ".join(settings.missing_llm_settings())
         notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
         documents = retriever.invoke(question)
         if as_json:
-            data = search_json(question, documents)
+            data = search_json(question, documents, explain=explain)
             print(json.dumps({"question": question, "answer": None, "error": notice, "sources": [],
-                              "usage": {}, "passages": data["results"]}, indent=2, ensure_ascii=False))
+                              "usage": dict(UNKNOWN), "passages": data["results"]}, indent=2, ensure_ascii=False))
         else:
             err.print(f"[yellow]note:[/] {escape(notice)}")
             _print_passages(documents)
+            _print_explain(documents, explain)
         return
 
-    chain = build_rag_chain(settings, retriever=retriever)
+    documents = retriever.invoke(question)
+    if not as_json:
+        _print_explain(documents, explain)
+    declined = refusal(settings, documents)
+    if declined:  # nothing relevant enough: say so instead of letting the model guess
+        _print_refusal(question, declined, documents, as_json, explain)
+        return
+    chain = build_rag_chain(settings, retriever=RunnableLambda(lambda _question: documents))
     on_token = None if as_json else _write
     try:
         result = run_answer(
@@ -235,7 +289,11 @@ def ask(
         err.print(f"[bold red]error:[/] {escape(str(exc))} (the answer above is incomplete)")
         raise typer.Exit(exc.exit_code) from None
     if as_json:
-        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        data = result.to_json()
+        if explain:
+            for item, document in zip(data["passages"], result.passages):
+                item["explain"] = explain_json(document)
+        print(json.dumps(data, indent=2, ensure_ascii=False))
         return
     _write("\n")
     sources = result.sources
@@ -249,9 +307,153 @@ def ask(
         out.print("\n[dim](the answer cites no passage)[/]")
 
 
+def _print_refusal(question: str, text: str, documents: list[Any], as_json: bool, explain: bool) -> None:
+    from agent.retrieval import search_json
+    from agent.tokens import UNKNOWN  # no model call: counts unknown, same shape as an answer's usage
+
+    if as_json:
+        passages = search_json(question, documents, explain=explain)["results"]
+        print(json.dumps({"question": question, "answer": text, "refused": True, "sources": [], "usage": dict(UNKNOWN),
+                          "passages": passages}, indent=2, ensure_ascii=False))
+        return
+    out.print(escape(text))
+    closest = ", ".join(f"{d.metadata.get('source')} ({d.metadata.get('dense_score') or 0:.2f})" for d in documents[:3])
+    if closest:
+        out.print(f"[dim]closest passages: {escape(closest)}[/]")
+
+
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- chat, agent
+
+
+@app.command()
+@handle_errors
+def chat(
+    session: Annotated[
+        str | None, typer.Option("--session", help="Keep the conversation under this name across runs (in KB_INDEX_DIR).")
+    ] = None,
+    use_agent: Annotated[bool, typer.Option("--agent", help="Use the tool-using assistant instead of one search per question.")] = False,
+    k: Annotated[int | None, typer.Option("-k", min=1, max=50, help="Passages per question (default KB_TOP_K; without --agent).")] = None,
+) -> None:
+    """Chat with the documents: follow-up questions, streamed cited answers; /sources /reset /exit."""
+    from agent.history import check_session_name
+    from agent.repl import Terminal, chat_repl
+
+    settings = _settings()
+    if session is not None:
+        check_session_name(session)
+    code = chat_repl(settings, session=session, agent=use_agent, k=k, term=Terminal(out, err))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def agent(
+    task: Annotated[str, typer.Argument(help="What to find out or do with the documents.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer, sources and steps as JSON.")] = False,
+) -> None:
+    """Let the assistant search, read and calculate over the documents; shows each tool call, then the cited answer."""
+    from agent.repl import Terminal, run_agent_task
+
+    code = run_agent_task(_settings(), task, as_json=as_json, term=Terminal(out, err, interactive=False))
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without KB_API_KEYS (open to anyone).")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (use the CPU count).")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (access log at info).")] = "info",
+) -> None:
+    """Serve the HTTP API (OpenAI-compatible /v1/chat/completions, /api/search, /api/ask) and the chat page at /."""
+    from agent.api.server import check_bind, serve as run_server
+
+    settings = _settings()
+    check_bind(settings, host, insecure)
+    run_server(settings, host=host, port=port, insecure=insecure, workers=workers, log_level=log_level)
+
+
+# ---------------------------------------------------------------- eval
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_(
+    gold: Annotated[Path, typer.Argument(help="Gold set: JSON Lines of {id, question, sources, answer}.")],
+    modes: Annotated[
+        list[str] | None, typer.Option("--mode", help="dense, bm25 or hybrid; repeatable (default: all three).")
+    ] = None,
+    answers: Annotated[bool, typer.Option("--answers", help="Also answer each question and have the model judge it.")] = False,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option("--fail-under", help="METRIC=VALUE (e.g. nDCG@10=0.8, hybrid:hit@5=0.9); exit 1 if missed. Repeatable."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+) -> None:
+    """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode) and optionally answers on a gold set."""
+    from agent.eval_report import print_report
+    from agent.evaluate import EvalThresholdError, failed_checks_message, run_eval
+
+    settings = _settings()
+    with _progress(enabled=not as_json, label="evaluating questions") as progress:
+        report = run_eval(
+            settings, gold, modes=modes or ("dense", "bm25", "hybrid"), answers=answers,
+            fail_under=fail_under or (), on_question=progress,
+        )
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print_report(report, out)
+    if not report["ok"]:
+        raise EvalThresholdError(failed_checks_message(report))
+
+
+# ---------------------------------------------------------------- usage
+
+
+@app.command()
+@handle_errors
+def usage(
+    since: Annotated[str, typer.Option("--since", help="How far back: 7d, 24h, 30m, 2w, a date (2025-01-31), or 'all'.")] = "7d",
+    by: Annotated[str, typer.Option("--by", help="Group by command, endpoint, caller or day.")] = "command",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Model calls recorded in the local usage ledger: requests, tokens, latency p50/p95."""
+    from agent.ledger import ledger_path, open_ledger
+    from agent.usage_report import GROUPINGS, parse_since, report_json, usage_table
+
+    settings = _settings()
+    if by not in GROUPINGS:
+        from agent.errors import UsageError
+
+        raise UsageError(f"invalid --by '{by}': use one of {', '.join(GROUPINGS)}")
+    start = parse_since(since)
+    ledger = open_ledger(settings)
+    rows = ledger.rows(start) if ledger is not None else []
+    path = ledger_path(settings)
+    report = report_json(rows, by=by, since=start, ledger=str(path) if path else None)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    elif ledger is None:
+        err.print("[yellow]note:[/] the usage ledger is off (KB_USAGE_LEDGER=off)")
+    elif not rows:
+        out.print(f"no model calls recorded {'since ' + since + ' ' if start else ''}in {escape(str(path))}")
+    else:
+        out.print(usage_table(report))
 
 
 def main() -> None:

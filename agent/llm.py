@@ -133,10 +133,12 @@ def _normalise_chunk(chunk: ChatGenerationChunk, usage: _UsageMax) -> ChatGenera
 
 
 def chat_usage_context(settings: Settings, command: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Automatic keys (``command``, ``caller``...) under the user's configured ones: the user's keys win."""
-    context = {"command": command, **(extra or {})}
-    context.update(settings.usage_context)
-    return {str(k): str(v) for k, v in context.items()}
+    """The ``usage_context`` of every Databricks request (chat and embeddings): automatic keys
+    (``command``, ``caller``...) under the user's configured ones (the user's keys win), all values
+    strings, within the size limits of ``agent.usage_context``."""
+    from agent import usage_context
+
+    return usage_context.build(settings.usage_context, command, extra)
 
 
 def build_llm(settings: Settings, *, command: str = "ask", usage_extra: dict[str, str] | None = None, **overrides: Any) -> DatabricksChatOpenAI:
@@ -144,6 +146,9 @@ def build_llm(settings: Settings, *, command: str = "ask", usage_extra: dict[str
     if not settings.llm_configured:
         missing = " and ".join(settings.missing_llm_settings())
         raise ConfigError(f"no Databricks model configured: set {missing} (see README, Configuration)")
+    from agent.ledger import chat_recorder
+
+    context = chat_usage_context(settings, command, usage_extra)
     params: dict[str, Any] = {
         "model": settings.chat_endpoint,
         "base_url": settings.serving_base_url,
@@ -153,7 +158,12 @@ def build_llm(settings: Settings, *, command: str = "ask", usage_extra: dict[str
         "timeout": settings.timeout,
         "max_retries": settings.max_retries,
         "stream_usage": True,
-        "extra_body": {"usage_context": chat_usage_context(settings, command, usage_extra)},
+        "extra_body": {"usage_context": context},
     }
     params.update(overrides)
+    # One ledger row and one --verbose log line per call (agent/ledger.py).
+    sent = (params.get("extra_body") or {}).get("usage_context")
+    sent = sent if isinstance(sent, dict) else context
+    recorder = chat_recorder(settings, endpoint=str(params["model"]), command=command, usage_context=sent)
+    params["callbacks"] = [recorder, *(params.get("callbacks") or [])]
     return DatabricksChatOpenAI(**params)

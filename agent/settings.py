@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -49,6 +50,30 @@ class Settings(BaseSettings):
     max_retries: int = Field(3, ge=0, le=10, validation_alias=_env("KB_MAX_RETRIES"))
     max_tokens: int = Field(1024, ge=1, le=32768, validation_alias=_env("KB_MAX_TOKENS"))
     top_k: int = Field(5, ge=1, le=50, validation_alias=_env("KB_TOP_K"))
+    # Observability (agent/ledger.py, agent/tracing.py): usage ledger path ("off" disables), MLflow tracing.
+    usage_ledger: str | None = Field(None, validation_alias=_env("KB_USAGE_LEDGER"))
+    mlflow_tracking_uri: str | None = Field(None, validation_alias=_env("KB_MLFLOW_TRACKING_URI"))
+    mlflow_experiment: str | None = Field(None, validation_alias=_env("KB_MLFLOW_EXPERIMENT"))
+    # Retrieval (agent/retrieval.py): ranking mode, per-document cap in the top-k, refusal floor.
+    search_mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", validation_alias=_env("KB_SEARCH_MODE"))
+    max_per_source: int = Field(3, ge=0, le=50, validation_alias=_env("KB_MAX_PER_SOURCE"))
+    min_relevance: float | None = Field(None, ge=0, le=1, validation_alias=_env("KB_MIN_RELEVANCE"))
+    agent_max_steps: int = Field(8, ge=1, le=100, validation_alias=_env("KB_AGENT_MAX_STEPS"))
+    chat_history_tokens: int = Field(6000, ge=0, le=1_000_000, validation_alias=_env("KB_CHAT_HISTORY_TOKENS"))
+    # HTTP API (kb serve): callers' keys and limits.
+    api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("KB_API_KEYS")
+    )
+    api_max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576, validation_alias=_env("KB_API_MAX_BODY_BYTES"))
+    api_max_question_chars: int = Field(4000, ge=1, le=1_000_000, validation_alias=_env("KB_API_MAX_QUESTION_CHARS"))
+    api_max_messages: int = Field(50, ge=1, le=10_000, validation_alias=_env("KB_API_MAX_MESSAGES"))
+    api_max_tokens: int = Field(4096, ge=1, le=131_072, validation_alias=_env("KB_API_MAX_TOKENS"))
+    api_max_concurrency: int = Field(64, ge=1, le=10_000, validation_alias=_env("KB_API_MAX_CONCURRENCY"))
+    # Ingestion and the index (ingest/): Chroma server, size cap, Databricks embedding batches.
+    chroma_url: str | None = Field(None, validation_alias=_env("KB_CHROMA_URL"))
+    max_file_mb: float = Field(50.0, gt=0, le=100_000, validation_alias=_env("KB_MAX_FILE_MB"))
+    embedding_batch: int = Field(64, ge=1, le=2048, validation_alias=_env("KB_EMBEDDING_BATCH"))
+    embedding_concurrency: int = Field(4, ge=1, le=64, validation_alias=_env("KB_EMBEDDING_CONCURRENCY"))
 
     @field_validator("usage_context", mode="before")
     @classmethod
@@ -60,10 +85,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be a JSON object of string to string ({exc.msg})") from None
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of string to string")
-        for key, item in value.items():
-            if not isinstance(item, str):
-                raise ValueError(f"value of '{key}' must be a string, got {type(item).__name__}")
-        return value
+        from agent.usage_context import validate_configured  # limits: see agent/usage_context.py
+
+        return validate_configured(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: Any) -> Any:
+        """``name:key,name2:key2`` -> {name: key}; messages never echo a key."""
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for position, entry in enumerate((e.strip() for e in value.split(",")), 1):
+            if not entry:
+                continue
+            name, sep, key = (part.strip() for part in entry.partition(":"))
+            if not sep or not name or not key:
+                raise ValueError(f"entry {position} must look like name:key (comma-separated pairs)")
+            if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+                raise ValueError(f"entry {position}: the name may only use letters, digits and _ . @ -")
+            if name in keys:
+                raise ValueError(f"the name '{name}' appears twice")
+            if key in keys.values():
+                raise ValueError(f"entry {position} ('{name}') reuses another caller's key")
+            keys[name] = key
+        return keys
 
     @field_validator("base_url")
     @classmethod
@@ -74,6 +120,44 @@ class Settings(BaseSettings):
         parsed = urlparse(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError("must be an http(s) URL such as https://adb-123.azuredatabricks.net/serving-endpoints")
+        return value
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _check_chroma_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be the Chroma server's URL, such as http://chroma.internal:8000")
+        try:
+            parsed.port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("min_relevance", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _mask_api_keys_in_logs(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from agent.logs import register_secret
+
+        for key in value.values():
+            register_secret(key.get_secret_value() if isinstance(key, SecretStr) else str(key))
+        return value
+
+    @field_validator("databricks_token")
+    @classmethod
+    def _mask_token_in_logs(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            from agent.logs import register_secret
+
+            register_secret(value.get_secret_value().strip())
         return value
 
     @field_validator("databricks_token")
@@ -123,15 +207,68 @@ ENV_NAMES = {
     "max_retries": "KB_MAX_RETRIES",
     "max_tokens": "KB_MAX_TOKENS",
     "top_k": "KB_TOP_K",
+    "usage_ledger": "KB_USAGE_LEDGER",
+    "mlflow_tracking_uri": "KB_MLFLOW_TRACKING_URI",
+    "mlflow_experiment": "KB_MLFLOW_EXPERIMENT",
+    "search_mode": "KB_SEARCH_MODE",
+    "max_per_source": "KB_MAX_PER_SOURCE",
+    "min_relevance": "KB_MIN_RELEVANCE",
+    "agent_max_steps": "KB_AGENT_MAX_STEPS",
+    "chat_history_tokens": "KB_CHAT_HISTORY_TOKENS",
+    "api_keys": "KB_API_KEYS",
+    "api_max_body_bytes": "KB_API_MAX_BODY_BYTES",
+    "api_max_question_chars": "KB_API_MAX_QUESTION_CHARS",
+    "api_max_messages": "KB_API_MAX_MESSAGES",
+    "api_max_tokens": "KB_API_MAX_TOKENS",
+    "api_max_concurrency": "KB_API_MAX_CONCURRENCY",
+    "chroma_url": "KB_CHROMA_URL",
+    "max_file_mb": "KB_MAX_FILE_MB",
+    "embedding_batch": "KB_EMBEDDING_BATCH",
+    "embedding_concurrency": "KB_EMBEDDING_CONCURRENCY",
 }
 _ALIAS_TO_ENV = {alias.lower(): env for env in ENV_NAMES.values() for alias in (env,)}
 _ALIAS_TO_ENV["base_url"] = "base_url"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment and ``.env``; raise ``ConfigError`` naming the variable."""
+_LOADED: dict[Any, Settings] = {}  # what a load depends on -> its result (see _load_key)
+
+
+def _load_key(overrides: dict[str, Any]) -> Any:
+    """Everything a load reads: the environment, the working directory, its ``.env`` (contents)
+    and the overrides; ``None`` when that cannot be a key (an unhashable override, a huge .env)."""
+    import os
+
     try:
-        return Settings(**overrides)
+        with open(".env", "rb") as file:
+            env_file: bytes | None = file.read(65537)
+        if len(env_file) > 65536:
+            return None
+    except OSError:
+        env_file = None
+    try:
+        key = (tuple(sorted(os.environ.items())), os.getcwd(), env_file, tuple(sorted(overrides.items())))
+        hash(key)
+    except (TypeError, OSError):
+        return None
+    return key
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and ``.env``; raise ``ConfigError`` naming the variable.
+
+    A load with the same environment, ``.env`` and overrides as an earlier one returns a copy of
+    its result (validating settings costs ~3 ms; long-lived callers load them per question)."""
+    key = _load_key(overrides)
+    earlier = _LOADED.get(key) if key is not None else None
+    if earlier is not None:
+        return earlier.model_copy(deep=True)
+    try:
+        settings = Settings(**overrides)
+        if key is not None:
+            if len(_LOADED) >= 16:
+                _LOADED.clear()
+            _LOADED[key] = settings.model_copy(deep=True)
+        return settings
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = str(error["loc"][0]) if error.get("loc") else "?"

@@ -66,4 +66,6 @@ def built_index(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def indexed(env: Path, built_index: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The environment pointed at the shared prebuilt index."""
     monkeypatch.setenv("KB_INDEX_DIR", str(built_index))
+    # The usage ledger would live in KB_INDEX_DIR: keep this test's own, outside the shared index.
+    monkeypatch.setenv("KB_USAGE_LEDGER", str(env.parent / "usage.sqlite"))
     return built_index

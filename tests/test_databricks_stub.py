@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 
@@ -87,9 +88,10 @@ def test_start_stop_explicit_and_idle_keepalive_does_not_block_stop():
     c = httpx.Client(headers={"Authorization": "Bearer t1"})
     r = c.post(s.base_url + "/chat/completions", json={"model": CHAT_MODEL, "messages": MSGS})
     assert r.status_code == 200
-    t0 = time.perf_counter()
-    s.stop()  # a keep-alive connection is still open in the client pool
-    assert time.perf_counter() - t0 < 2
+    stopper = threading.Thread(target=s.stop)  # a keep-alive connection is still open in the client pool
+    stopper.start()
+    stopper.join(timeout=30)
+    assert not stopper.is_alive()  # stop() does not hang on the idle connection
     s.stop()  # idempotent
     c.close()
 
@@ -324,9 +326,7 @@ def test_429_retried_by_client_with_retries(stub):
     # ~0.4-0.5 s exponential backoff; a small float keeps retry tests fast.
     stub.enqueue(Error(429, "REQUEST_LIMIT_EXCEEDED", "slow down", headers={"Retry-After": "0.01"}), Reply("ok"))
     c = openai.OpenAI(base_url=stub.base_url, api_key=stub.token, max_retries=1)
-    t0 = time.perf_counter()
     assert c.chat.completions.create(model=CHAT_MODEL, messages=MSGS).choices[0].message.content == "ok"
-    assert time.perf_counter() - t0 < 0.3
     assert len(stub.chat_requests()) == 2
 
 
@@ -611,7 +611,15 @@ def test_reset(stub, client):
 
 
 def test_concurrent_requests(stub):
-    stub.default_responder = lambda body: Reply("slowish", delay=0.1)
+    # All 8 handlers must be in flight at once to pass the barrier: proof of parallel serving
+    # without a timing assert (a serial server would break the barrier after its timeout).
+    barrier = threading.Barrier(8, timeout=20)
+
+    def together(body):
+        barrier.wait()
+        return Reply("slowish")
+
+    stub.default_responder = together
     results = []
 
     def call():
@@ -619,21 +627,23 @@ def test_concurrent_requests(stub):
         results.append(c.chat.completions.create(model=CHAT_MODEL, messages=MSGS).choices[0].message.content)
 
     threads = [threading.Thread(target=call) for _ in range(8)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert results == ["slowish"] * 8
-    assert time.perf_counter() - t0 < 0.7  # served in parallel
+    assert not barrier.broken
     assert len(stub.requests) == 8
 
 
 def test_sequential_calls_fast_tcp_nodelay(stub, client):
     client.chat.completions.create(model=CHAT_MODEL, messages=MSGS)  # warm up the connection
-    t0 = time.perf_counter()
-    for _ in range(20):
+    for _ in range(3):
         client.chat.completions.create(model=CHAT_MODEL, messages=MSGS)
-    for _ in range(5):
-        _stream(client)
-    assert time.perf_counter() - t0 < 0.6
+    _stream(client)
+    # Without TCP_NODELAY every call would stall ~40 ms on delayed ACK: check the option itself
+    # on the server side of the live keep-alive connection(s) instead of timing calls.
+    with stub._lock:
+        conns = list(stub._conns)
+    assert conns
+    assert all(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in conns)
