@@ -13,7 +13,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 from agent.chain import cited_sources
-from agent.errors import KbError, StreamInterruptedError, describe_remote_failure, is_remote_failure
+from agent.errors import chat_failure
 from agent.retrieval import result_json
 from agent.tokens import UNKNOWN
 
@@ -77,16 +77,10 @@ def run_answer(
                     if on_token:
                         on_token(piece["answer"])
             result.usage = usage.totals()  # "unknown" unless every model call reported usage
-    except KbError:
-        raise
     except Exception as exc:
-        if not is_remote_failure(exc):
+        error = chat_failure(exc, partial="".join(parts), endpoint=endpoint, base_url=base_url)
+        if error is exc:
             raise
-        error = describe_remote_failure(exc, what="chat", endpoint=endpoint, base_url=base_url)
-        if parts:
-            raise StreamInterruptedError(
-                f"the answer stream was cut off ({error})", partial="".join(parts)
-            ) from None
         raise error from None
     result.answer = "".join(parts)
     return result

@@ -198,7 +198,7 @@ def run_assistant(
     """
     from langgraph.errors import GraphRecursionError
 
-    from agent.errors import KbError, StreamInterruptedError, describe_remote_failure, is_remote_failure
+    from agent.errors import chat_failure
     from agent.tokens import collect_usage
 
     new_messages = _as_messages(messages)
@@ -230,14 +230,10 @@ def run_assistant(
                     run.on_update(data)
     except GraphRecursionError:
         stopped = "step_limit"
-    except KbError:
-        raise
     except Exception as exc:
-        if not is_remote_failure(exc):
+        error = chat_failure(exc, partial=run.text, endpoint=endpoint, base_url=base_url)
+        if error is exc:
             raise
-        error = describe_remote_failure(exc, what="chat", endpoint=endpoint, base_url=base_url)
-        if run.text:
-            raise StreamInterruptedError(f"the answer stream was cut off ({error})", partial=run.text) from None
         raise error from None
 
     message = None

@@ -208,7 +208,7 @@ def run_chat_turn(
 ) -> ChatTurn:
     """One turn: stream the answer's tokens to ``on_token``; the rewrite goes to ``on_rewrite``.
     Remote failures raise the project's errors; a cut stream keeps the partial answer."""
-    from agent.errors import KbError, StreamInterruptedError, describe_remote_failure, is_remote_failure
+    from agent.errors import chat_failure
     from agent.tokens import collect_usage
 
     metadata = (getattr(chat, "config", None) or {}).get("metadata") or {}
@@ -239,14 +239,10 @@ def run_chat_turn(
                     elif node == "answer":
                         turn.answer = values.get("answer", "")
             turn.usage = usage.totals()
-    except KbError:
-        raise
     except Exception as exc:
-        if not is_remote_failure(exc):
+        error = chat_failure(exc, partial="".join(parts), endpoint=endpoint, base_url=base_url)
+        if error is exc:
             raise
-        error = describe_remote_failure(exc, what="chat", endpoint=endpoint, base_url=base_url)
-        if parts:
-            raise StreamInterruptedError(f"the answer stream was cut off ({error})", partial="".join(parts)) from None
         raise error from None
     if not turn.answer:
         turn.answer = "".join(parts)

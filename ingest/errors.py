@@ -163,3 +163,18 @@ def _databricks_error(exc) -> tuple[str, str]:
         message = str(inner.get("message") or "")
         return code, " ".join(message.split())[:300]
     return "", ""
+
+
+def chat_failure(exc: BaseException, *, partial: str, endpoint: str, base_url: str | None) -> BaseException:
+    """What to raise for ``exc`` caught while streaming a chat answer.
+
+    Remote failures become the project's errors (a ``StreamInterruptedError`` keeping ``partial``
+    when text had already arrived); anything else (our own errors, bugs) is returned unchanged,
+    for the caller to re-raise as it is.
+    """
+    if isinstance(exc, KbError) or not is_remote_failure(exc):
+        return exc
+    error = describe_remote_failure(exc, what="chat", endpoint=endpoint, base_url=base_url)
+    if partial:
+        return StreamInterruptedError(f"the answer stream was cut off ({error})", partial=partial)
+    return error
