@@ -1,0 +1,145 @@
+"""The routes besides chat completions: models, search, ask, documents, health.
+
+``/api/search`` and ``/api/ask`` take and return the JSON of ``kb search --json`` and
+``kb ask --json``. ``/healthz`` and ``/readyz`` need no key (for load balancers and probes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from agent.api import documents
+from agent.api.auth import require_caller
+from agent.api.backend import Backend
+from agent.api.errors import ApiError
+from agent.api.schemas import MODELS, AskRequest, SearchRequest, model_json
+
+public = APIRouter()
+private = APIRouter(dependencies=[Depends(require_caller)])
+
+
+def _backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def _check_length(text: str, request: Request, param: str) -> str:
+    limit = _backend(request).settings.api_max_question_chars
+    text = text.strip()
+    if not text:
+        raise ApiError(400, f"'{param}' is empty", code="invalid_request", param=param)
+    if len(text) > limit:
+        raise ApiError(400, f"'{param}' is too long: {len(text)} characters (the limit is {limit}, "
+                       "KB_API_MAX_QUESTION_CHARS)", code="question_too_long", param=param)
+    return text
+
+
+# ---------------------------------------------------------------- health
+
+
+@public.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@public.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    backend = _backend(request)
+    index_problem = await run_in_threadpool(backend.check_index)
+    checks = {
+        "settings": "ok",
+        "index": index_problem or "ok",
+        "llm": "ok" if backend.settings.llm_configured else "not configured: set " + " and ".join(
+            backend.settings.missing_llm_settings()),
+    }
+    ready = index_problem is None and backend.settings.llm_configured
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+# ---------------------------------------------------------------- models
+
+
+@private.get("/v1/models")
+async def list_models() -> dict[str, Any]:
+    return {"object": "list", "data": [model_json(name) for name in MODELS]}
+
+
+@private.get("/v1/models/{model}")
+async def get_model(model: str) -> dict[str, Any]:
+    if model not in MODELS:
+        raise ApiError(404, f"unknown model '{model}': use one of {', '.join(MODELS)}", code="model_not_found", param="model")
+    return model_json(model)
+
+
+# ---------------------------------------------------------------- search and ask (kb search / kb ask --json)
+
+
+@private.post("/api/search")
+async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+    from agent.retrieval import search_json
+
+    backend = _backend(request)
+    query = _check_length(body.query, request, "query")
+    slot = request.app.state.gate.acquire()
+    try:
+        found = await backend.search(query, body.k or backend.settings.top_k, body.mode)
+    finally:
+        slot.release()
+    return search_json(query, found, explain=body.explain, mode=body.mode or backend.search_mode)
+
+
+@private.post("/api/ask")
+async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
+    from agent.answer import AnswerResult
+    from agent.retrieval import explain_json, search_json
+
+    backend = _backend(request)
+    question = _check_length(body.question, request, "question")
+    k = body.k or backend.settings.top_k
+    settings = backend.settings
+    slot = request.app.state.gate.acquire()
+    if not settings.llm_configured:  # like kb ask: say what to set, still show the passages
+        try:
+            found = await backend.search(question, k, body.mode)
+        finally:
+            slot.release()
+        missing = " and ".join(settings.missing_llm_settings())
+        notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
+        return {"question": question, "answer": None, "error": notice, "sources": [], "usage": {},
+                "passages": search_json(question, found, explain=body.explain)["results"]}
+    try:
+        run = backend.rag_run(question=question, history=[], caller=request.state.caller, k=k, llm_kwargs={},
+                              on_finished=slot.release, mode=body.mode)
+    except BaseException:
+        slot.release()
+        raise
+    try:
+        done = await run.collect()
+    finally:
+        run.close()
+    if done.refused:
+        return {"question": question, "answer": done.answer, "refused": True, "sources": [], "usage": {},
+                "passages": search_json(question, done.passages, explain=body.explain)["results"]}
+    data = AnswerResult(question=question, answer=done.answer, passages=done.passages, usage=done.usage).to_json()
+    if body.explain:
+        for item, document in zip(data["passages"], done.passages):
+            item["explain"] = explain_json(document)
+    return data
+
+
+# ---------------------------------------------------------------- documents (the citation viewer)
+
+
+@private.get("/api/documents")
+async def list_documents(request: Request) -> dict[str, Any]:
+    found = await run_in_threadpool(documents.list_documents, _backend(request).settings)
+    return {"documents": found}
+
+
+@private.get("/api/documents/{source:path}")
+async def get_document(source: str, request: Request) -> FileResponse:
+    path, kind = await run_in_threadpool(documents.resolve, _backend(request).settings, source)
+    return FileResponse(path, media_type=kind, headers=documents.headers_for(path, kind))
