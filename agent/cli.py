@@ -228,7 +228,11 @@ def _print_passages(documents: list[Any]) -> None:
         where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
         title = f"[{rank}] {meta.get('source')} · {meta.get('title', '')}" + (f" · {where}" if where else "")
         subtitle = f"score {meta.get('score', 0):.3f}"
-        out.print(Panel(escape(document.page_content), title=escape(title), title_align="left", subtitle=subtitle))
+        # soft_wrap off here: a panel must wrap its text, not crop it, also when output is piped
+        out.print(
+            Panel(escape(document.page_content), title=escape(title), title_align="left", subtitle=subtitle),
+            soft_wrap=False,
+        )
 
 
 # ---------------------------------------------------------------- ask

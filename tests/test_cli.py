@@ -190,3 +190,10 @@ def test_real_process_help_version_and_ask(indexed: Path, databricks: Databricks
     assert failed.stderr.strip().startswith("error: Databricks rejected the token")
     for output in (asked.stdout, asked.stderr, failed.stdout, failed.stderr):
         assert CANARY not in output
+
+
+def test_passages_are_wrapped_not_cropped_when_piped(indexed: Path) -> None:
+    result = kb("search", "how many vacation days do I get", "-k", "1")
+    assert result.exit_code == 0
+    flat = " ".join(line.strip("│ ") for line in result.stdout.splitlines())
+    assert "carry over until April 30" in " ".join(flat.split())
