@@ -93,3 +93,12 @@ def test_search_is_traced_too(mlflow_store: Path) -> None:
     [trace] = _traces(mlflow_store)
     assert any(span.span_type == "RETRIEVER" for span in trace.data.spans)
     assert trace.info.tags.get("kb.command") == "search"
+
+
+def test_serve_worker_processes_turn_tracing_on(mlflow_store: Path) -> None:
+    from agent import tracing
+    from agent.api.server import app_from_env
+
+    assert not tracing.tracing_enabled()
+    app_from_env()  # what each `kb serve --workers N` process runs
+    assert tracing.tracing_enabled()

@@ -58,8 +58,12 @@ def app_from_env():
     from agent.api import create_app
     from agent.logs import configure_logging
 
+    from agent.tracing import configure_tracing
+
     configure_logging(verbose=os.environ.get("KB_SERVE_VERBOSE") == "1", json_format=os.environ.get("KB_SERVE_LOG_JSON") == "1")
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_tracing(settings)  # each worker process traces like the single-process server does
+    return create_app(settings)
 
 
 def one_thread_per_blas() -> None:
