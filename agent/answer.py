@@ -30,13 +30,18 @@ class AnswerResult:
         return cited_sources(self.answer, self.passages)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "sources": self.sources,
-            "usage": self.usage,
-            "passages": [result_json(i, d) for i, d in enumerate(self.passages, 1)],
-        }
+        return answer_json(self.question, self.answer, self.passages, self.usage)
+
+
+def answer_json(question: str, answer: str, passages: list[Document], usage: dict[str, Any]) -> dict[str, Any]:
+    """The JSON shape of one answer (``kb ask --json``, chat turns, ``/api/ask``)."""
+    return {
+        "question": question,
+        "answer": answer,
+        "sources": cited_sources(answer, passages),
+        "usage": usage,
+        "passages": [result_json(i, d) for i, d in enumerate(passages, 1)],
+    }
 
 
 def usage_totals(by_model: dict[str, Any]) -> dict[str, Any]:

@@ -61,16 +61,10 @@ class ChatTurn:
         return cited_sources(self.answer, self.passages)
 
     def to_json(self) -> dict[str, Any]:
-        from agent.retrieval import result_json
+        from agent.answer import answer_json
 
-        return {
-            "question": self.question,
-            "standalone_question": self.standalone,
-            "answer": self.answer,
-            "sources": self.sources,
-            "usage": self.usage,
-            "passages": [result_json(i, d) for i, d in enumerate(self.passages, 1)],
-        }
+        data = answer_json(self.question, self.answer, self.passages, self.usage)
+        return {"question": data.pop("question"), "standalone_question": self.standalone, **data}
 
 
 def passages_to_documents(passages: list[dict[str, Any]] | None) -> list[Document]:

@@ -40,16 +40,18 @@ def format_passages(documents: Sequence[Document]) -> str:
     """Numbered, delimited, escaped passages: ``<passage n="1" source="..." title="...">...</passage>``."""
     if not documents:
         return NO_PASSAGES
-    blocks = []
-    for n, document in enumerate(documents, 1):
-        meta = document.metadata
-        where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
-        attributes = f'n="{n}" source="{escape_untrusted(str(meta.get("source", "?")))}"'
-        attributes += f' title="{escape_untrusted(str(meta.get("title", "")))}"'
-        if where:
-            attributes += f' location="{escape_untrusted(str(where))}"'
-        blocks.append(f"<passage {attributes}>\n{escape_untrusted(document.page_content)}\n</passage>")
-    return "\n".join(blocks)
+    return "\n".join(_passage_block(n, document) for n, document in enumerate(documents, 1))
+
+
+def _passage_block(n: int, document: Document) -> str:
+    """One ``<passage n=... source=... title=... location=...>`` block, every value escaped."""
+    meta = document.metadata
+    where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
+    attributes = f'n="{n}" source="{escape_untrusted(str(meta.get("source", "?")))}"'
+    attributes += f' title="{escape_untrusted(str(meta.get("title", "")))}"'
+    if where:
+        attributes += f' location="{escape_untrusted(str(where))}"'
+    return f"<passage {attributes}>\n{escape_untrusted(document.page_content)}\n</passage>"
 
 
 # ---------------------------------------------------------------- chat and agent (kb chat, kb agent)
@@ -59,16 +61,7 @@ def format_numbered_passages(items: Sequence[tuple[int, Document]]) -> str:
     """Like ``format_passages`` but with given numbers (the agent numbers passages across searches)."""
     if not items:
         return NO_PASSAGES
-    blocks = []
-    for n, document in items:
-        meta = document.metadata
-        where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
-        attributes = f'n="{n}" source="{escape_untrusted(str(meta.get("source", "?")))}"'
-        attributes += f' title="{escape_untrusted(str(meta.get("title", "")))}"'
-        if where:
-            attributes += f' location="{escape_untrusted(str(where))}"'
-        blocks.append(f"<passage {attributes}>\n{escape_untrusted(document.page_content)}\n</passage>")
-    return "<passages>\n" + "\n".join(blocks) + "\n</passages>"
+    return "<passages>\n" + "\n".join(_passage_block(n, document) for n, document in items) + "\n</passages>"
 
 
 def format_document(n: int, source: str, title: str, text: str, *, note: str = "") -> str:
