@@ -8,7 +8,14 @@ API so the rest of the code (and notebooks) use an ordinary LangChain chat model
 - ``strict`` is dropped from tool schemas (Databricks rejects it);
 - reasoning models answer with ``content`` as a list of blocks: the text blocks become the
   message text, reasoning goes to ``additional_kwargs["reasoning"]``;
-- streamed usage that Databricks reports cumulatively on every chunk is counted once.
+- streamed usage that Databricks reports cumulatively on every chunk is counted once (Claude sends
+  usage on every chunk with ``completion_tokens`` null until the last: the maximum of each count is kept);
+- an assistant message that carries tool calls gets non-empty text (Claude rejects empty text blocks);
+- an assistant message with several tool calls is sent as one call per assistant turn, each followed by
+  its result (GPT OSS answers 400 "Multiple tool calls are not supported"). Both rewrites are valid
+  OpenAI chat for every model, so they apply to all endpoints, whatever their name.
+
+The model families and their sources are in the README's "Model quirks" table.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import openai
 from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
@@ -63,6 +71,8 @@ class DatabricksChatOpenAI(ChatOpenAI):
             if isinstance(function, dict):
                 function.pop("strict", None)
                 function.setdefault("parameters", {"type": "object", "properties": {}})
+        if isinstance(payload.get("messages"), list):
+            payload["messages"] = one_tool_call_per_turn(payload["messages"])
         return payload
 
     def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> ChatResult:
@@ -79,17 +89,91 @@ class DatabricksChatOpenAI(ChatOpenAI):
 
     def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         usage = _UsageMax()
+        finished = False
         for chunk in super()._stream(*args, **kwargs):
+            finished = finished or _finishes(chunk)
             yield _normalise_chunk(chunk, usage)
+        if not finished:
+            raise IncompleteStream()
         if usage.seen:
             yield usage.chunk()
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         usage = _UsageMax()
+        finished = False
         async for chunk in super()._astream(*args, **kwargs):
+            finished = finished or _finishes(chunk)
             yield _normalise_chunk(chunk, usage)
+        if not finished:
+            raise IncompleteStream()
         if usage.seen:
             yield usage.chunk()
+
+
+class IncompleteStream(openai.OpenAIError):
+    """The answer stream ended (the body closed cleanly) without a ``finish_reason``: it was cut.
+
+    An ``openai`` error so that every surface's translation (``chat_failure``) treats it like a
+    dropped connection: partial answer kept and marked incomplete, exit 4, an error event in the API."""
+
+    def __init__(self) -> None:
+        super().__init__("the stream ended without a finish_reason")
+
+
+def _finishes(chunk: ChatGenerationChunk) -> bool:
+    info = chunk.generation_info or {}
+    return bool(info.get("finish_reason") or chunk.message.response_metadata.get("finish_reason"))
+
+
+def _tool_call_text(calls: list) -> str:
+    names = ", ".join(str((call.get("function") or {}).get("name") or "a tool") for call in calls)
+    return f"(calling {names})"
+
+
+def one_tool_call_per_turn(messages: list) -> list:
+    """Chat messages with every assistant tool-call turn split into one call per turn, each followed
+    by its tool result, and no tool-call turn without text. Order and results are kept."""
+    out: list = []
+    i = 0
+    while i < len(messages):
+        message = messages[i]
+        calls = message.get("tool_calls") if isinstance(message, dict) and message.get("role") == "assistant" else None
+        if not calls:
+            out.append(message)
+            i += 1
+            continue
+        j = i + 1
+        results: dict[str, dict] = {}
+        others: list = []
+        while j < len(messages) and isinstance(messages[j], dict) and messages[j].get("role") == "tool":
+            tool_id = messages[j].get("tool_call_id")
+            if tool_id in results or tool_id is None:
+                others.append(messages[j])
+            else:
+                results[tool_id] = messages[j]
+            j += 1
+        text = message.get("content")
+        has_text = bool(flatten_content(text)[0].strip()) if text else False
+        if len(calls) == 1:
+            turn = dict(message)
+            if not has_text:
+                turn["content"] = _tool_call_text(calls)
+            out.append(turn)
+            out.extend(messages[i + 1 : j])
+            i = j
+            continue
+        for n, call in enumerate(calls):
+            turn = {key: value for key, value in message.items() if key != "tool_calls"}
+            turn["tool_calls"] = [call]
+            turn["content"] = text if (n == 0 and has_text) else _tool_call_text([call])
+            out.append(turn)
+            result = results.pop(call.get("id"), None)
+            if result is not None:
+                out.append(result)
+        out.extend(results.values())
+        out.extend(others)
+        i = j
+    return out
 
 
 class _UsageMax:
@@ -146,13 +230,19 @@ def build_llm(settings: Settings, *, command: str = "ask", usage_extra: dict[str
     if not settings.llm_configured:
         missing = " and ".join(settings.missing_llm_settings())
         raise ConfigError(f"no Databricks model configured: set {missing} (see README, Configuration)")
+    from agent.databricks.auth import connect
+    from agent.databricks.transport import clients
     from agent.ledger import chat_recorder
 
+    connection = connect(settings)
+    http_client, http_async_client = clients(connection.base_url, auth=connection.auth, timeout=settings.timeout)
     context = chat_usage_context(settings, command, usage_extra)
     params: dict[str, Any] = {
         "model": settings.chat_endpoint,
-        "base_url": settings.serving_base_url,
-        "api_key": settings.databricks_token,
+        "base_url": connection.base_url,
+        "api_key": connection.api_key,
+        "http_client": http_client,
+        "http_async_client": http_async_client,
         "temperature": 0,
         "max_tokens": settings.max_tokens,
         "timeout": settings.timeout,

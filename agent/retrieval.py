@@ -318,10 +318,15 @@ def build_embeddings(settings: Settings, *, command: str = "search", usage_extra
         if not settings.llm_configured:
             missing = " and ".join(settings.missing_llm_settings())
             raise ConfigError(f"KB_EMBEDDINGS=databricks needs {missing}")
+        from agent.databricks.auth import connect
+        from agent.databricks.transport import clients
+
+        connection = connect(settings)
         context = chat_usage_context(settings, command, usage_extra)
         return DatabricksEmbeddings(
-            base_url=settings.serving_base_url,
-            api_key=settings.databricks_token,
+            base_url=connection.base_url,
+            api_key=connection.api_key,
+            http_client=clients(connection.base_url, auth=connection.auth, timeout=settings.timeout)[0],
             endpoint=settings.embedding_endpoint,
             usage_context=context,
             timeout=settings.timeout,

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.errors import ConfigError
 
-DEFAULT_CHAT_ENDPOINT = "databricks-meta-llama-3-1-405b-instruct"
+DEFAULT_CHAT_ENDPOINT = "databricks-meta-llama-3-3-70b-instruct"
 DEFAULT_EMBEDDING_ENDPOINT = "databricks-gte-large-en"
 
 
@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     databricks_token: SecretStr | None = Field(None, validation_alias=_env("DATABRICKS_TOKEN"))
     base_url: str | None = Field(None, validation_alias=_env("base_url", "BASE_URL"))
     databricks_host: str | None = Field(None, validation_alias=_env("DATABRICKS_HOST"))
+    # Databricks unified authentication (agent/databricks/auth.py): what the SDK's Config reads,
+    # passed to it explicitly so a .env file works like the environment.
+    databricks_config_profile: str | None = Field(None, validation_alias=_env("DATABRICKS_CONFIG_PROFILE"))
+    databricks_config_file: str | None = Field(None, validation_alias=_env("DATABRICKS_CONFIG_FILE"))
+    databricks_auth_type: str | None = Field(None, validation_alias=_env("DATABRICKS_AUTH_TYPE"))
+    databricks_client_id: str | None = Field(None, validation_alias=_env("DATABRICKS_CLIENT_ID"))
+    databricks_client_secret: SecretStr | None = Field(None, validation_alias=_env("DATABRICKS_CLIENT_SECRET"))
+    azure_client_id: str | None = Field(None, validation_alias=_env("ARM_CLIENT_ID"))
+    azure_client_secret: SecretStr | None = Field(None, validation_alias=_env("ARM_CLIENT_SECRET"))
+    azure_tenant_id: str | None = Field(None, validation_alias=_env("ARM_TENANT_ID"))
     chat_endpoint: str = Field(DEFAULT_CHAT_ENDPOINT, validation_alias=_env("KB_CHAT_ENDPOINT"))
     usage_context: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: {"project": "kb"}, validation_alias=_env("KB_USAGE_CONTEXT")
@@ -74,6 +84,22 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(50.0, gt=0, le=100_000, validation_alias=_env("KB_MAX_FILE_MB"))
     embedding_batch: int = Field(64, ge=1, le=2048, validation_alias=_env("KB_EMBEDDING_BATCH"))
     embedding_concurrency: int = Field(4, ge=1, le=64, validation_alias=_env("KB_EMBEDDING_CONCURRENCY"))
+    # Hostile input (ingest/): per-file chunk cap, per-file parse limits (time, memory).
+    max_chunks_per_file: int = Field(5000, ge=1, le=10_000_000, validation_alias=_env("KB_MAX_CHUNKS_PER_FILE"))
+    parse_timeout: float = Field(60.0, gt=0, le=3600, validation_alias=_env("KB_PARSE_TIMEOUT"))
+    parse_memory_mb: int = Field(2048, ge=64, le=1_000_000, validation_alias=_env("KB_PARSE_MEMORY_MB"))
+    # HTTP API: host names accepted in the Host header (DNS-rebinding guard); empty = loopback names
+    # only when no keys are set, any host when keys are set.
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("KB_API_ALLOWED_HOSTS")
+    )
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_allowed_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
 
     @field_validator("usage_context", mode="before")
     @classmethod
@@ -120,6 +146,39 @@ class Settings(BaseSettings):
         parsed = urlparse(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError("must be an http(s) URL such as https://adb-123.azuredatabricks.net/serving-endpoints")
+        return value
+
+    @field_validator(
+        "databricks_host", "databricks_config_profile", "databricks_config_file", "databricks_auth_type",
+        "databricks_client_id", "azure_client_id", "azure_tenant_id", mode="before",
+    )
+    @classmethod
+    def _blank_str_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else (value.strip() if isinstance(value, str) else value)
+
+    @field_validator("databricks_host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = value.rstrip("/") if "://" in value else f"https://{value.rstrip('/')}"
+        try:
+            parsed = urlparse(url)
+            parsed.port  # raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid workspace URL ({exc})") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be the workspace URL, such as https://adb-123.4.azuredatabricks.net")
+        return url
+
+    @field_validator("databricks_client_secret", "azure_client_secret")
+    @classmethod
+    def _secret_blank_or_masked(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from agent.logs import register_secret
+
+        register_secret(value.get_secret_value().strip())
         return value
 
     @field_validator("chroma_url")
@@ -180,8 +239,28 @@ class Settings(BaseSettings):
         return None
 
     @property
-    def llm_configured(self) -> bool:
+    def uses_token(self) -> bool:
+        """The seed's way: a personal access token and a known URL (no SDK needed)."""
         return self.databricks_token is not None and self.serving_base_url is not None
+
+    @property
+    def sdk_auth_hinted(self) -> bool:
+        """Something the Databricks SDK can authenticate with (profile, OAuth client, Azure, a config
+        file, or a host for `databricks auth login`), without asking the SDK (it may do network calls)."""
+        if self.uses_token:
+            return False
+        if any((self.databricks_config_profile, self.databricks_client_id, self.azure_client_id,
+                self.databricks_auth_type, self.databricks_host)):
+            return True
+        config_file = Path(self.databricks_config_file or Path.home() / ".databrickscfg").expanduser()
+        try:
+            return config_file.is_file()
+        except OSError:
+            return False
+
+    @property
+    def llm_configured(self) -> bool:
+        return self.uses_token or self.sdk_auth_hinted
 
     def missing_llm_settings(self) -> list[str]:
         missing = []
@@ -192,39 +271,11 @@ class Settings(BaseSettings):
         return missing
 
 
-# Field name -> the variable a user sets, for error messages.
+# Field name -> the variable a user sets, for error messages: derived from the fields' aliases.
 ENV_NAMES = {
-    "databricks_token": "DATABRICKS_TOKEN",
-    "base_url": "base_url",
-    "databricks_host": "DATABRICKS_HOST",
-    "chat_endpoint": "KB_CHAT_ENDPOINT",
-    "usage_context": "KB_USAGE_CONTEXT",
-    "embeddings": "KB_EMBEDDINGS",
-    "embedding_endpoint": "KB_EMBEDDING_ENDPOINT",
-    "index_dir": "KB_INDEX_DIR",
-    "knowledge_dir": "KB_KNOWLEDGE_DIR",
-    "timeout": "KB_TIMEOUT",
-    "max_retries": "KB_MAX_RETRIES",
-    "max_tokens": "KB_MAX_TOKENS",
-    "top_k": "KB_TOP_K",
-    "usage_ledger": "KB_USAGE_LEDGER",
-    "mlflow_tracking_uri": "KB_MLFLOW_TRACKING_URI",
-    "mlflow_experiment": "KB_MLFLOW_EXPERIMENT",
-    "search_mode": "KB_SEARCH_MODE",
-    "max_per_source": "KB_MAX_PER_SOURCE",
-    "min_relevance": "KB_MIN_RELEVANCE",
-    "agent_max_steps": "KB_AGENT_MAX_STEPS",
-    "chat_history_tokens": "KB_CHAT_HISTORY_TOKENS",
-    "api_keys": "KB_API_KEYS",
-    "api_max_body_bytes": "KB_API_MAX_BODY_BYTES",
-    "api_max_question_chars": "KB_API_MAX_QUESTION_CHARS",
-    "api_max_messages": "KB_API_MAX_MESSAGES",
-    "api_max_tokens": "KB_API_MAX_TOKENS",
-    "api_max_concurrency": "KB_API_MAX_CONCURRENCY",
-    "chroma_url": "KB_CHROMA_URL",
-    "max_file_mb": "KB_MAX_FILE_MB",
-    "embedding_batch": "KB_EMBEDDING_BATCH",
-    "embedding_concurrency": "KB_EMBEDDING_CONCURRENCY",
+    name: str(field.validation_alias.choices[0])
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.validation_alias, AliasChoices)
 }
 _ALIAS_TO_ENV = {alias.lower(): env for env in ENV_NAMES.values() for alias in (env,)}
 _ALIAS_TO_ENV["base_url"] = "base_url"

@@ -136,9 +136,11 @@ class DatabricksEmbeddings(Embeddings):
         batch_size: int | None = None,
         max_concurrency: int | None = None,
         on_call: Callable[[dict[str, Any]], None] | None = None,
+        http_client: Any = None,
     ) -> None:
         """``on_call(event)``, if given, is told about every HTTP request made (for a usage ledger):
-        ``{"started", "latency_ms", "inputs", "prompt_tokens", "status", "error"}``."""
+        ``{"started", "latency_ms", "inputs", "prompt_tokens", "status", "error"}``. ``http_client``:
+        the caller's pooled client (it may carry a per-request ``auth``, e.g. OAuth via the SDK)."""
         from langchain_openai import OpenAIEmbeddings
 
         from ingest.backoff import SharedPause
@@ -163,6 +165,7 @@ class DatabricksEmbeddings(Embeddings):
             timeout=timeout,
             max_retries=max_retries,
             model_kwargs=model_kwargs,
+            **({"http_client": http_client} if http_client is not None else {}),
         )
         if on_call is not None:
             self._client.client = _MeteredRequests(self._client.client, on_call)

@@ -107,6 +107,7 @@ class Reply:
     cumulative_usage: bool = False  # stream: every chunk carries cumulative usage
     delay: float = 0.0  # seconds to sleep before sending anything
     drop_after_chunks: Optional[int] = None  # stream: cut the socket after N data events
+    end_after_chunks: Optional[int] = None  # stream: end the body cleanly after N data events (no finish, no [DONE])
 
 
 @dataclass
@@ -185,6 +186,16 @@ def _count_words(text: str) -> int:
 def _pieces(text: str, size: int) -> list:
     size = max(1, int(size))
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def model_family(model: Any) -> str:
+    """Which served family's known behaviour the stub emulates for an endpoint name."""
+    name = str(model or "").lower()
+    if "claude" in name:
+        return "claude"
+    if "gpt-oss" in name:
+        return "gpt-oss"
+    return "openai"
 
 
 def _bad(message: str) -> Error:
@@ -385,6 +396,10 @@ class _Handler(BaseHTTPRequestHandler):
         for i, event in enumerate(events):
             if drop is not None and i >= drop:
                 raise _DropConnection()
+            if reply.end_after_chunks is not None and i >= reply.end_after_chunks:
+                self.wfile.write(b"0\r\n\r\n")  # a clean end of the body, without the stream's end
+                self.wfile.flush()
+                return
             self._write_chunk(b"data: " + json.dumps(event).encode("utf-8") + b"\n\n")
         if drop is not None:
             raise _DropConnection()  # cut right before [DONE]
@@ -401,7 +416,16 @@ class _Handler(BaseHTTPRequestHandler):
 class DatabricksStub:
     """Loopback Databricks Model Serving (OpenAI-compatible) server."""
 
-    DEFAULT_ENDPOINTS = frozenset({"databricks-meta-llama-3-1-405b-instruct", "test-chat"})
+    DEFAULT_ENDPOINTS = frozenset(
+        {
+            "databricks-meta-llama-3-1-405b-instruct",
+            "databricks-meta-llama-3-3-70b-instruct",
+            "databricks-llama-4-maverick",
+            "databricks-claude-sonnet-4-5",
+            "databricks-gpt-oss-120b",
+            "test-chat",
+        }
+    )
     DEFAULT_EMBEDDING_ENDPOINTS = frozenset({"databricks-gte-large-en"})
 
     def __init__(
@@ -440,6 +464,14 @@ class DatabricksStub:
         self.host_url = ""
         self.base_url = ""
         self.port = 0
+        self.connections_opened = 0  # TCP connections accepted since start/reset
+        # Workspace side (unified auth, REST): OAuth M2M clients, tokens issued, endpoints' state.
+        self.oauth_clients: dict = {}  # client_id -> client_secret
+        self.token_lifetime = 3600  # seconds an OAuth access token lives
+        self.issued_tokens: dict = {}  # access token -> expiry (time.monotonic())
+        self.identity = {"userName": "kb-tester@example.com", "id": "1234", "displayName": "KB Tester"}
+        self.endpoint_states: dict = {}  # name -> {"ready": "READY"|"NOT_READY", "task": "llm/v1/chat"}
+        self.rest_available = True  # False: the REST API answers 404 (e.g. base_url points elsewhere)
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> "DatabricksStub":
@@ -520,6 +552,12 @@ class DatabricksStub:
             self._chat_queue.clear()
             self._emb_queue.clear()
             self.errors.clear()
+            self.connections_opened = 0
+            self.issued_tokens.clear()
+            self.oauth_clients.clear()
+            self.token_lifetime = 3600
+            self.endpoint_states.clear()
+            self.rest_available = True
 
     # -- inspection ----------------------------------------------------------
     def chat_requests(self) -> list:
@@ -534,6 +572,102 @@ class DatabricksStub:
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(conn)
+            if add:
+                self.connections_opened += 1
+
+    # -- workspace side: OAuth, REST ----------------------------------------
+    def add_oauth_client(self, client_id: str, client_secret: str, *, token_lifetime: Optional[float] = None) -> None:
+        """Accept OAuth M2M (client credentials) for this service principal."""
+        with self._lock:
+            self.oauth_clients[client_id] = client_secret
+            if token_lifetime is not None:
+                self.token_lifetime = token_lifetime
+
+    def tokens_issued(self) -> int:
+        with self._lock:
+            return len(self.issued_tokens)
+
+    def _token_ok(self, authorization: str) -> bool:
+        if authorization == f"Bearer {self.token}":
+            return True
+        token = authorization[7:] if authorization.startswith("Bearer ") else ""
+        with self._lock:
+            expiry = self.issued_tokens.get(token)
+        return expiry is not None and time.monotonic() < expiry
+
+    def _endpoint_info(self, name: str) -> Optional[dict]:
+        if name in self.endpoint_states:
+            state = self.endpoint_states[name]
+        elif name in self.endpoints:
+            state = {"ready": "READY", "task": "llm/v1/chat"}
+        elif name in self.embedding_endpoints:
+            state = {"ready": "READY", "task": "llm/v1/embeddings"}
+        else:
+            return None
+        return {
+            "name": name,
+            "task": state.get("task"),
+            "state": {"ready": state.get("ready", "READY"), "config_update": "NOT_UPDATING"},
+            "endpoint_type": "FOUNDATION_MODEL_API",
+            "creator": "system",
+        }
+
+    def _workspace(self, method: str, path: str, headers: dict, raw: bytes) -> Any:
+        """Routes of the workspace outside serving: discovery, OIDC, REST. None = not one of them."""
+        if method == "GET" and path == "/.well-known/databricks-config":
+            return ("json", 200, {"oidc_endpoint": self.host_url + "/oidc", "workspace_id": "1234567890"})
+        if method == "GET" and path == "/oidc/.well-known/oauth-authorization-server":
+            return ("json", 200, {
+                "issuer": self.host_url + "/oidc",
+                "authorization_endpoint": self.host_url + "/oidc/v1/authorize",
+                "token_endpoint": self.host_url + "/oidc/v1/token",
+            })
+        if path == "/oidc/v1/token":
+            return self._token_response(method, headers, raw)
+        if not path.startswith("/api/2.0/"):
+            return None
+        if not self.rest_available:
+            return Error(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
+        if not self._token_ok(headers.get("authorization", "")):
+            return Error(401, "UNAUTHENTICATED", "Invalid access token.")
+        if method == "GET" and path in ("/api/2.0/preview/scim/v2/Me", "/api/2.0/scim/v2/Me"):
+            return ("json", 200, dict(self.identity))
+        if method == "GET" and path == "/api/2.0/serving-endpoints":
+            names = sorted(set(self.endpoints) | set(self.embedding_endpoints) | set(self.endpoint_states))
+            return ("json", 200, {"endpoints": [self._endpoint_info(n) for n in names]})
+        if method == "GET" and path.startswith("/api/2.0/serving-endpoints/"):
+            name = path[len("/api/2.0/serving-endpoints/"):]
+            info = self._endpoint_info(name) if "/" not in name else None
+            if info is None:
+                return Error(404, "RESOURCE_DOES_NOT_EXIST", f"Serving endpoint with name '{name}' does not exist.")
+            return ("json", 200, info)
+        return Error(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
+
+    def _token_response(self, method: str, headers: dict, raw: bytes) -> Any:
+        from urllib.parse import parse_qs
+
+        if method != "POST":
+            return ("json", 405, {"error": "invalid_request"})
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        basic = headers.get("authorization", "")
+        if basic.startswith("Basic "):
+            try:
+                client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
+            except ValueError:
+                client_id = secret = None
+        if form.get("grant_type") != "client_credentials":
+            return ("json", 400, {"error": "unsupported_grant_type"})
+        with self._lock:
+            known = self.oauth_clients.get(client_id or "")
+        if known is None or known != secret:
+            return ("json", 401, {"error": "invalid_client", "error_description": "Client authentication failed"})
+        token = "oauth-" + uuid.uuid4().hex
+        with self._lock:
+            self.issued_tokens[token] = time.monotonic() + self.token_lifetime
+            lifetime = self.token_lifetime
+        return ("json", 200, {"access_token": token, "token_type": "Bearer", "expires_in": lifetime,
+                              "scope": form.get("scope", "all-apis")})
 
     def _record(self, rec: Recorded) -> None:
         with self._lock:
@@ -560,10 +694,12 @@ class DatabricksStub:
         raw: bytes,
         parse_error: Optional[str],
     ) -> Any:
+        workspace = self._workspace(method, path, headers, raw)
+        if workspace is not None:
+            return workspace
         if method != "POST" or path not in (CHAT_PATH, EMBEDDINGS_PATH):
             return Error(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
-        auth = headers.get("authorization", "")
-        if auth != f"Bearer {self.token}":
+        if not self._token_ok(headers.get("authorization", "")):
             return Error(401, "UNAUTHENTICATED", "Invalid access token.")
         if parse_error:
             return _bad(parse_error)
@@ -653,7 +789,23 @@ class DatabricksStub:
                 where = _find_strict(fn)
                 if where or "strict" in tool:
                     return _bad(f"Invalid request: unknown field 'strict' in tools[{i}].{where or 'strict'}")
-        return self._check_model(body.get("model"), self.endpoints, self.embedding_endpoints, "chat completions")
+        err = self._check_model(body.get("model"), self.endpoints, self.embedding_endpoints, "chat completions")
+        return err or self._family_quirks(body)
+
+    @staticmethod
+    def _family_quirks(body: dict) -> Optional[Error]:
+        """What real endpoints of each family refuse (see README, Model quirks, for sources)."""
+        family = model_family(body.get("model"))
+        for m in body.get("messages") or []:
+            if m.get("role") != "assistant" or not m.get("tool_calls"):
+                continue
+            if family == "claude" and not _content_text(m.get("content")).strip():
+                # databricks/databricks-ai-bridge#333: Claude needs non-empty text with tool calls
+                return _bad('{"message":"messages: text content blocks must be non-empty"}')
+            if family == "gpt-oss" and len(m["tool_calls"]) > 1:
+                # BerriAI/litellm#31633: one assistant turn with two tool calls -> 400
+                return _bad("Multiple tool calls are not supported.\n")
+        return None
 
     def _validate_embeddings(self, body: dict) -> Optional[Error]:
         err = self._unknown_field(body, EMBEDDINGS_ALLOWED_FIELDS) or self._check_usage_context(body)
@@ -790,6 +942,12 @@ class DatabricksStub:
 
         events = [chunk(d, None) for d in deltas]
         events.append(chunk({}, finish))
+        if model_family(model) == "claude":
+            # Claude on Databricks: usage on every chunk, completion_tokens null until the last one.
+            for ev in events:
+                ev["usage"] = {"prompt_tokens": total["prompt_tokens"], "completion_tokens": None, "total_tokens": None}
+            events[-1]["usage"] = dict(total)
+            return events
         if reply.cumulative_usage:
             n = len(events)
             for k, ev in enumerate(events, start=1):

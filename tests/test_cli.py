@@ -80,7 +80,7 @@ def test_ask_json_on_the_wire(indexed: Path, databricks: DatabricksStub) -> None
     assert data["sources"][0]["n"] == 1 and data["sources"][0]["source"] == data["passages"][0]["source"] == "hr/pto.md"
     assert data["usage"]["prompt_tokens"] == 321 and data["usage"]["completion_tokens"] == 17
     body = databricks.chat_requests()[0]
-    assert body["model"] == "databricks-meta-llama-3-1-405b-instruct" and body["temperature"] == 0
+    assert body["model"] == "databricks-meta-llama-3-3-70b-instruct" and body["temperature"] == 0
     assert body["usage_context"] == {"command": "ask", "project": "kb"}
     prompt = _last_prompt(databricks)
     assert '<passage n="1" source="hr/pto.md"' in prompt and "23 vacation days" in prompt

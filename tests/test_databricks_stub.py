@@ -79,7 +79,9 @@ def test_urls_and_defaults(stub):
     assert stub.host_url.startswith("http://127.0.0.1:")
     assert stub.base_url == stub.host_url + "/serving-endpoints"
     assert stub.token == "dapi-test-token"
-    assert stub.endpoints == {"databricks-meta-llama-3-1-405b-instruct", "test-chat"}
+    assert stub.endpoints == set(DatabricksStub.DEFAULT_ENDPOINTS)
+    assert {"databricks-meta-llama-3-3-70b-instruct", "databricks-claude-sonnet-4-5", "databricks-gpt-oss-120b",
+            "databricks-meta-llama-3-1-405b-instruct", "test-chat"} <= stub.endpoints
     assert stub.embedding_endpoints == {"databricks-gte-large-en"}
 
 

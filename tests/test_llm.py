@@ -35,7 +35,7 @@ def test_request_is_what_databricks_expects(databricks: DatabricksStub) -> None:
     assert recorded.path == "/serving-endpoints/chat/completions"
     assert recorded.headers["authorization"] == f"Bearer {CANARY}"
     body = recorded.body
-    assert body["model"] == "databricks-meta-llama-3-1-405b-instruct"
+    assert body["model"] == "databricks-meta-llama-3-3-70b-instruct"
     assert body["temperature"] == 0
     assert body["max_tokens"] == 1024 and "max_completion_tokens" not in body
     assert body["usage_context"] == {"command": "ask", "project": "kb"}

@@ -99,6 +99,6 @@ def test_cli_log_json_verbose_model_call_line(indexed: Path, databricks: Databri
     [call] = [e for e in events if e.get("event") == "model_call"]
     assert (call["kind"], call["command"], call["prompt_tokens"], call["completion_tokens"], call["status"]) == (
         "chat", "ask", 40, 8, "ok")
-    assert call["endpoint"] == "databricks-meta-llama-3-1-405b-instruct" and call["latency_ms"] >= 0
+    assert call["endpoint"] == "databricks-meta-llama-3-3-70b-instruct" and call["latency_ms"] >= 0
     http = [e for e in events if e["logger"].startswith("httpx")]  # the HTTP client logs each request
     assert http and all(CANARY not in json.dumps(e) for e in http)

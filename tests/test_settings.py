@@ -11,7 +11,7 @@ from tests.conftest import CANARY
 
 def test_defaults(env: Path) -> None:
     s = load_settings()
-    assert s.chat_endpoint == "databricks-meta-llama-3-1-405b-instruct"
+    assert s.chat_endpoint == "databricks-meta-llama-3-3-70b-instruct"
     assert s.usage_context == {"project": "kb"}
     assert s.embeddings == "local"
     assert s.embedding_endpoint == "databricks-gte-large-en"

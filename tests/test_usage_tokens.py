@@ -105,7 +105,7 @@ def test_verbose_shows_tokens_and_latency_per_call(indexed: Path, databricks: Da
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "kb.usage" in line]
     assert len(lines) == 1, result.stderr
-    assert "chat call to databricks-meta-llama-3-1-405b-instruct (ask): 77 prompt + 8 completion tokens" in lines[0]
+    assert "chat call to databricks-meta-llama-3-3-70b-instruct (ask): 77 prompt + 8 completion tokens" in lines[0]
     assert " ms, ok" in lines[0]
     assert CANARY not in result.stdout + result.stderr
     quiet = runner.invoke(app, ["ask", QUESTION])
