@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent import __version__
+from agent.terminal import clean, literal, markup
 
 app = typer.Typer(
     name="kb",
@@ -26,12 +27,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: Typer's Rich help formatter costs ~0.1 s of every `kb --help`
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Untrusted text (documents, file names, answers) is printed through agent.terminal: no emoji
+# codes on these consoles, markup escaped, terminal control sequences stripped.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}")
+    from agent.errors import public_message  # secrets masked, even when an upstream body echoed one
+
+    err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)}")
     return typer.Exit(getattr(exc, "exit_code", 1))
 
 
@@ -77,6 +82,20 @@ def _main(
     configure_logging(verbose=verbose, json_format=log_json)
 
 
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", help="Databricks config profile in ~/.databrickscfg (as DATABRICKS_CONFIG_PROFILE)."),
+]
+
+
+def _use_profile(profile: str | None) -> None:
+    """--profile: set for this process and its children (kb serve's workers), like the SDK's variable."""
+    if profile:
+        import os
+
+        os.environ["DATABRICKS_CONFIG_PROFILE"] = profile
+
+
 def _settings():
     from agent.settings import load_settings
 
@@ -94,17 +113,25 @@ def ingest(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build a fresh index; queries use the old one until it is done.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail if any file is skipped.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    checksum: Annotated[
+        bool, typer.Option("--checksum", help="Detect changes by content hash, even when size and mtime are unchanged.")
+    ] = False,
+    profile: ProfileOption = None,
 ) -> None:
     """Sync documents into the index: new and changed files are embedded, deleted ones removed.
 
     Reads Markdown, text, reStructuredText, HTML, PDF, Word (.docx), CSV, JSON, notebooks (.ipynb,
     Databricks source) and source code; other files are skipped and reported.
     """
+    _use_profile(profile)
     from agent.errors import IngestError
     from agent.retrieval import build_embeddings
+    from ingest.isolation import ParseLimits
+    from ingest.records import check_index_dir
     from ingest.sync import ingest as run_ingest
 
     settings = _settings()
+    check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
     targets = paths or [settings.knowledge_dir]
     embeddings = None if dry_run else build_embeddings(settings, command="ingest")
     if settings.embeddings == "databricks" and embeddings is not None:
@@ -113,7 +140,9 @@ def ingest(
     with _progress(enabled=not as_json and not dry_run) as progress:
         summary = run_ingest(
             targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=progress,
-            chroma_url=settings.chroma_url, max_bytes=int(settings.max_file_mb * 1024 * 1024),
+            chroma_url=settings.chroma_url, max_bytes=int(settings.max_file_mb * 1024 * 1024), checksum=checksum,
+            parse_limits=ParseLimits(timeout=settings.parse_timeout, memory_mb=settings.parse_memory_mb),
+            max_chunks=settings.max_chunks_per_file,
         )
     where = settings.chroma_url or str(settings.index_dir)
     if as_json:
@@ -163,7 +192,7 @@ class _progress:
 def _print_ingest_summary(summary: Any, targets: list[Path], where: str) -> None:
     verb = "Would index" if summary.dry_run else "Indexed"
     out.print(
-        f"{verb} {escape(', '.join(str(t) for t in targets))}: {summary.added} added, {summary.changed} changed, "
+        f"{verb} {markup(', '.join(str(t) for t in targets), line=True)}: {summary.added} added, {summary.changed} changed, "
         f"{summary.unchanged} unchanged, {summary.deleted} deleted, {len(summary.skipped)} skipped"
     )
     if summary.dry_run:
@@ -171,7 +200,7 @@ def _print_ingest_summary(summary: Any, targets: list[Path], where: str) -> None
         for change in summary.files[:200]:
             detail = {"added": f"{change['chunks']} chunks", "deleted": f"{change['to_delete']} chunks to delete",
                       "changed": f"{change['to_embed']} chunks to embed, {change['to_delete']} to delete"}[change["action"]]
-            out.print(f"  {marks[change['action']]} {escape(change['source'])} ({detail})")
+            out.print(f"  {marks[change['action']]} {markup(change['source'], line=True)} ({detail})")
         if len(summary.files) > 200:
             out.print(f"  ... and {len(summary.files) - 200} more (--json lists them all)")
         out.print(f"chunks to embed: {summary.chunks_embedded}, chunks to delete: {summary.chunks_deleted} (nothing written)")
@@ -179,12 +208,16 @@ def _print_ingest_summary(summary: Any, targets: list[Path], where: str) -> None
         reused = f" (+{summary.chunks_reused} reused)" if summary.chunks_reused else ""
         out.print(
             f"chunks embedded: {summary.chunks_embedded}{reused}, deleted: {summary.chunks_deleted}; "
-            f"{summary.chunks_total} chunks in {escape(where)} ({summary.seconds:.1f} s)"
+            f"{summary.chunks_total} chunks in {markup(where, line=True)} ({summary.seconds:.1f} s)"
         )
     for skipped in summary.skipped[:50]:
-        err.print(f"[yellow]skipped[/] {escape(skipped.source)}: {escape(skipped.reason)}")
+        err.print(f"[yellow]skipped[/] {markup(skipped.source, line=True)}: {markup(skipped.reason, line=True)}")
     if len(summary.skipped) > 50:
         err.print(f"[yellow]skipped[/] ... and {len(summary.skipped) - 50} more (--json lists them all)")
+    for cut in summary.truncated[:50]:
+        err.print(f"[yellow]truncated[/] {markup(cut['source'], line=True)}: {markup(cut['reason'], line=True)}")
+    if len(summary.truncated) > 50:
+        err.print(f"[yellow]truncated[/] ... and {len(summary.truncated) - 50} more (--json lists them all)")
 
 
 # ---------------------------------------------------------------- search
@@ -198,8 +231,10 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Show each hit's dense and BM25 ranks and scores.")] = False,
+    profile: ProfileOption = None,
 ) -> None:
     """Find the passages closest to QUERY. Needs no LLM and no network."""
+    _use_profile(profile)
     from agent.retrieval import build_retriever, search_json
 
     settings = _settings()
@@ -231,7 +266,7 @@ def _print_passages(documents: list[Any]) -> None:
         subtitle = f"score {meta.get('score', 0):.3f}"
         # soft_wrap off here: a panel must wrap its text, not crop it, also when output is piped
         out.print(
-            Panel(escape(document.page_content), title=escape(title), title_align="left", subtitle=subtitle),
+            Panel(markup(document.page_content), title=literal(title), title_align="left", subtitle=subtitle),
             soft_wrap=False,
         )
 
@@ -247,13 +282,15 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of streaming.")] = False,
     mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Show each passage's dense and BM25 ranks and scores.")] = False,
+    profile: ProfileOption = None,
 ) -> None:
     """Answer QUESTION from the indexed documents with numbered citations, streamed."""
+    _use_profile(profile)
     from langchain_core.runnables import RunnableLambda
 
     from agent.answer import run_answer
     from agent.chain import build_rag_chain
-    from agent.errors import StreamInterruptedError
+    from agent.errors import StreamInterruptedError, public_message
     from agent.retrieval import build_retriever, explain_json, refusal, search_json
     from agent.tokens import UNKNOWN
 
@@ -290,8 +327,9 @@ def ask(
         if not as_json:
             _write("\n")
         else:
-            print(json.dumps({"question": question, "answer": exc.partial, "partial": True, "error": str(exc)}, indent=2))
-        err.print(f"[bold red]error:[/] {escape(str(exc))} (the answer above is incomplete)")
+            print(json.dumps({"question": question, "answer": exc.partial, "partial": True,
+                              "error": public_message(exc)}, indent=2))
+        err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)} (the answer above is incomplete)")
         raise typer.Exit(exc.exit_code) from None
     if as_json:
         data = result.to_json()
@@ -307,7 +345,7 @@ def ask(
         for item in sources:
             where = item.get("section") or (f"page {item['page']}" if item.get("page") else "")
             line = f"  [{item['n']}] {item['source'] or '?'} · {item.get('title') or ''}" + (f" · {where}" if where else "")
-            out.print(escape(line))
+            out.print(literal(line))
     else:
         out.print("\n[dim](the answer cites no passage)[/]")
 
@@ -321,14 +359,14 @@ def _print_refusal(question: str, text: str, documents: list[Any], as_json: bool
         print(json.dumps({"question": question, "answer": text, "refused": True, "sources": [], "usage": dict(UNKNOWN),
                           "passages": passages}, indent=2, ensure_ascii=False))
         return
-    out.print(escape(text))
+    out.print(markup(text))
     closest = ", ".join(f"{d.metadata.get('source')} ({d.metadata.get('dense_score') or 0:.2f})" for d in documents[:3])
     if closest:
-        out.print(f"[dim]closest passages: {escape(closest)}[/]")
+        out.print(f"[dim]closest passages: {markup(closest, line=True)}[/]")
 
 
 def _write(text: str) -> None:
-    sys.stdout.write(text)
+    sys.stdout.write(clean(text))  # a streamed model answer: no escape sequence reaches the terminal
     sys.stdout.flush()
 
 
@@ -343,8 +381,10 @@ def chat(
     ] = None,
     use_agent: Annotated[bool, typer.Option("--agent", help="Use the tool-using assistant instead of one search per question.")] = False,
     k: Annotated[int | None, typer.Option("-k", min=1, max=50, help="Passages per question (default KB_TOP_K; without --agent).")] = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Chat with the documents: follow-up questions, streamed cited answers; /sources /reset /exit."""
+    _use_profile(profile)
     from agent.history import check_session_name
     from agent.repl import Terminal, chat_repl
 
@@ -361,8 +401,10 @@ def chat(
 def agent(
     task: Annotated[str, typer.Argument(help="What to find out or do with the documents.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, sources and steps as JSON.")] = False,
+    profile: ProfileOption = None,
 ) -> None:
     """Let the assistant search, read and calculate over the documents; shows each tool call, then the cited answer."""
+    _use_profile(profile)
     from agent.repl import Terminal, run_agent_task
 
     code = run_agent_task(_settings(), task, as_json=as_json, term=Terminal(out, err, interactive=False))
@@ -383,8 +425,10 @@ def serve(
     ] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (use the CPU count).")] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (access log at info).")] = "info",
+    profile: ProfileOption = None,
 ) -> None:
     """Serve the HTTP API (OpenAI-compatible /v1/chat/completions, /api/search, /api/ask) and the chat page at /."""
+    _use_profile(profile)
     from agent.api.server import check_bind, serve as run_server
 
     settings = _settings()
@@ -408,8 +452,10 @@ def eval_(
         typer.Option("--fail-under", help="METRIC=VALUE (e.g. nDCG@10=0.8, hybrid:hit@5=0.9); exit 1 if missed. Repeatable."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    profile: ProfileOption = None,
 ) -> None:
     """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode) and optionally answers on a gold set."""
+    _use_profile(profile)
     from agent.eval_report import print_report
     from agent.evaluate import EvalThresholdError, failed_checks_message, run_eval
 
@@ -456,9 +502,37 @@ def usage(
     elif ledger is None:
         err.print("[yellow]note:[/] the usage ledger is off (KB_USAGE_LEDGER=off)")
     elif not rows:
-        out.print(f"no model calls recorded {'since ' + since + ' ' if start else ''}in {escape(str(path))}")
+        out.print(f"no model calls recorded {'since ' + markup(since, line=True) + ' ' if start else ''}"
+                  f"in {markup(path, line=True)}")
     else:
         out.print(usage_table(report))
+
+
+# ---------------------------------------------------------------- doctor
+
+
+@app.command()
+@handle_errors
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Check settings, authentication, the workspace, the endpoints, a chat call, the index, the ledger
+    and tracing, in that order; print a fix for each failure. Exit 0 when all pass, 1 otherwise."""
+    _use_profile(profile)
+    from agent.databricks.doctor import run_doctor
+
+    ok, checks = run_doctor()
+    if as_json:
+        print(json.dumps({"ok": ok, "checks": [check.to_json() for check in checks]}, indent=2, ensure_ascii=False))
+    else:
+        marks = {"ok": "[green]ok  [/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+        for check in checks:
+            out.print(f"{marks[check.status]} {escape(check.name):<20} {escape(check.detail)}")
+            if check.status == "fail" and check.fix:
+                out.print(f"     [yellow]fix:[/] {escape(check.fix)}")
+    if not ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from agent.metrics import METRICS
+from agent.terminal import markup
+
+
+def escape(text: Any) -> str:
+    """Gold ids, questions, source names and judge replies are untrusted: one literal line each."""
+    return markup(text, line=True)
 
 
 def report_json(

@@ -9,12 +9,15 @@ list means the corpus does not answer the question. Retrieval metrics (``agent.m
 averaged over the answerable questions for each mode; unanswerable ones calibrate the relevance
 floor that makes ``kb ask`` decline. With ``--answers`` every question is also answered by the
 configured model and graded by it (``JUDGE_*`` prompts), all calls tagged ``"command": "eval"``.
+
+The gold file is untrusted input: its size, its line length and its JSON nesting are bounded
+(``too_deep`` is a hand-written linear scan because the standard library has no depth limit and
+its parser fails on deep nesting only by exhausting the recursion limit).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +29,48 @@ from agent.metrics import METRICS, canonical_metric, mean_metrics, question_metr
 
 ANSWER_METRICS = ("correct", "answer_score", "grounded", "declined")
 EVAL_K = 10
+MAX_GOLD_BYTES = 64 * 1024 * 1024  # a gold file is a few hundred questions; this is far beyond
+MAX_GOLD_LINE = 1024 * 1024  # one question per line
+MAX_JSON_DEPTH = 32  # a gold line is an object of strings and a list of strings: depth 2
+
+
+def too_deep(text: str, limit: int) -> bool:
+    """True when ``text``'s JSON arrays and objects nest more than ``limit`` deep (brackets inside
+    strings do not count). Linear, no recursion: checked before ``json.loads``, whose recursion a
+    line of 100,000 ``[`` would exhaust."""
+    if text.count("[") + text.count("{") <= limit:  # the usual case, at C speed
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def loads_bounded(text: str, *, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for JSON a user gave the CLI: too deep or malformed is a ``UsageError``."""
+    if too_deep(text, max_depth):
+        raise UsageError(f"{where}: JSON nested more than {max_depth} levels deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:  # pragma: no cover (the depth check comes first)
+        raise UsageError(f"{where}: JSON nested too deeply") from None
 
 
 class EvalThresholdError(KbError):
@@ -50,9 +95,15 @@ def load_gold(path: Path) -> list[GoldQuestion]:
     """Read and check a gold file; any problem is a ``UsageError`` naming the line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_GOLD_BYTES + 1)  # never more, also from a pipe or /dev/zero
+        if len(data) > MAX_GOLD_BYTES:
+            raise UsageError(f"gold file {path} is larger than {MAX_GOLD_BYTES // (1024 * 1024)} MB")
+        lines = data.decode("utf-8").splitlines()
     except FileNotFoundError:
         raise UsageError(f"no such gold file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"gold file {path} is a folder") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read gold file {path}: {exc}") from None
     questions: list[GoldQuestion] = []
@@ -61,10 +112,9 @@ def load_gold(path: Path) -> list[GoldQuestion]:
         if not line.strip() or line.lstrip().startswith("//"):
             continue
         where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{where}: not valid JSON ({exc.msg})") from None
+        if len(line) > MAX_GOLD_LINE:
+            raise UsageError(f"{where}: longer than {MAX_GOLD_LINE // 1024} KB")
+        row = loads_bounded(line, where=where)
         if not isinstance(row, dict):
             raise UsageError(f"{where}: expected a JSON object")
         question = row.get("question")
@@ -224,12 +274,18 @@ def targets(results: dict[str, ModeResult]) -> list[dict[str, Any]]:
 
 def parse_judgement(text: str) -> dict[str, Any] | None:
     """The JSON object in a judge's reply (tolerates code fences and surrounding words)."""
-    match = re.search(r"\{.*\}", text or "", re.DOTALL)
-    if not match:
+    # From the first "{" to the last "}" (what a greedy r"\{.*\}" finds, without its quadratic
+    # search over a reply full of "{").
+    text = text or ""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        return None
+    candidate = text[start:end + 1]
+    if too_deep(candidate, MAX_JSON_DEPTH):
         return None
     try:
-        value = json.loads(match.group(0))
-    except json.JSONDecodeError:
+        value = json.loads(candidate)
+    except (json.JSONDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

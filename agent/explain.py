@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
+
+from agent.terminal import markup
 
 
 def _rank(value: Any) -> str:
@@ -37,7 +38,7 @@ def explain_table(documents: list[Any], *, mode: str | None = None) -> Table:
         label = str(meta.get("source") or "?") + (f" · {where}" if where else "")
         table.add_row(
             str(rank),
-            escape(label),
+            markup(label, line=True),
             _rank(meta.get("dense_rank")),
             _score(meta.get("dense_score")),
             _rank(meta.get("bm25_rank")),

@@ -6,8 +6,10 @@ per model call (endpoint, command, tokens, latency, status) and the HTTP request
 
 Every record passes ``RedactSecrets`` before it is written: the configured Databricks token (and
 any other value given to ``register_secret``), anything shaped like a Databricks token
-(``dapi...``) and ``Bearer ...`` credentials become ``[REDACTED]`` in the message, its arguments,
-structured fields and tracebacks.
+(``dapi...``) or a JWT, ``Bearer ...`` credentials and ``token=``-style URL parameters become
+``[REDACTED]`` in the message, its arguments, structured fields and tracebacks. ``redact`` is
+also what every error message passes before the CLI prints it or the API returns it
+(``agent.errors.public_message``).
 
 Stdlib only: imported by the CLI callback, which must stay fast.
 """
@@ -23,11 +25,25 @@ from datetime import datetime, timezone
 from typing import Any
 
 MASK = "[REDACTED]"
-_PATTERNS = [
-    re.compile(r"dapi[0-9A-Za-z_\-]{4,}"),  # Databricks personal access tokens
-    re.compile(r"(?i)(bearer\s+)[^\s'\",]+"),  # Authorization header values
-]
-_SECRETS: set[str] = set()
+# Token shapes masked even when nobody registered the value. Every pattern is linear: the classes
+# that repeat are disjoint from what follows them, and the JWT one may only start at the beginning
+# of a run of token characters, so no input makes the engine backtrack over it twice.
+_DAPI = re.compile(r"dapi[0-9A-Za-z_\-]{4,}")  # Databricks personal access tokens
+_BEARER = re.compile(r"(?i)(bearer\s+)(?!\[REDACTED\])[^\s'\",;&()<>\[\]{}]+")  # Authorization header values
+_JWT = re.compile(r"(?<![\w-])eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]*")  # OAuth access tokens (JWTs)
+_PARAM = re.compile(
+    r"(?i)((?:access_token|refresh_token|client_secret|token|api_key|apikey)=)(?!\[REDACTED\])[^&\s'\",;()<>\[\]{}]+"
+)
+
+# Registered secrets: the first _PINNED ones (settings' token, client secrets, API keys, registered
+# when settings load) are kept for the life of the process; after that the _RECENT most recent
+# (OAuth access tokens fetched at run time, one an hour), so a server running for months does not
+# scan an ever-growing list. Readers take the tuple without the lock (one atomic reference read).
+_PINNED = 64
+_RECENT = 512
+_pinned: dict[str, None] = {}
+_recent: dict[str, None] = {}
+_SNAPSHOT: tuple[str, ...] = ()
 _LOCK = threading.Lock()
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a structured field.
@@ -35,22 +51,40 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 def register_secret(value: str | None) -> None:
-    """Mask ``value`` in every log record from now on (the token is registered when settings load)."""
-    if value and len(value) >= 4:
-        with _LOCK:
-            _SECRETS.add(value)
+    """Mask ``value`` in every log record and every error message from now on (the token is
+    registered when settings load; OAuth access tokens when they are fetched). Cheap and
+    thread-safe: a value already known costs one dict lookup."""
+    if not value or len(value) < 4:
+        return
+    value = str(value)
+    if value in _pinned or value in _recent:
+        return
+    global _SNAPSHOT
+    with _LOCK:
+        if value in _pinned or value in _recent:
+            return
+        if len(_pinned) < _PINNED:
+            _pinned[value] = None
+        else:
+            _recent[value] = None
+            while len(_recent) > _RECENT:
+                del _recent[next(iter(_recent))]
+        # Longest first, so a secret containing another is masked whole.
+        _SNAPSHOT = tuple(sorted((*_pinned, *_recent), key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    """``text`` with registered secrets, ``dapi...`` tokens and Bearer credentials masked."""
+    """``text`` with registered secrets, ``dapi...`` tokens, JWTs, Bearer credentials and
+    ``token=``-style URL parameters masked. Linear in the length of ``text``."""
     if not text:
         return text
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    text = _PATTERNS[0].sub(MASK, text)
-    return _PATTERNS[1].sub(lambda m: m.group(1) + MASK, text)
+    for secret in _SNAPSHOT:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = _DAPI.sub(MASK, text)
+    text = _JWT.sub(MASK, text)
+    text = _PARAM.sub(lambda m: m.group(1) + MASK, text)
+    return _BEARER.sub(lambda m: m.group(1) + MASK, text)
 
 
 def _redact_value(value: Any) -> Any:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+
+from agent.terminal import clean, literal
+from agent.terminal import markup as escape  # untrusted text: markup escaped, control sequences dropped
 
 HELP = "commands: /sources (what the last answer used), /reset (forget the conversation), /exit"
 
@@ -44,6 +46,7 @@ class Terminal:
         return None if line == "" else line.rstrip("\r\n")
 
     def write(self, text: str) -> None:
+        text = clean(text)  # streamed model output: printed literally
         sys.stdout.write(text)
         sys.stdout.flush()
         self._mid_line = not text.endswith("\n")
@@ -56,22 +59,24 @@ class Terminal:
         self.end_line()
         self.err.print(markup)
 
-    def error(self, exc: BaseException) -> None:
+    def error(self, exc: BaseException | str) -> None:
+        from agent.errors import public_message  # secrets masked, even when an upstream body echoed one
+
         self.end_line()
-        self.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        self.err.print(f"[bold red]error:[/] {escape(public_message(exc), line=True)}")
 
 
 def print_sources(term: Terminal, sources: list[dict[str, Any]], *, empty: str = "(the answer cites no passage)") -> None:
     """``Sources`` and one line per cited source, as ``kb ask`` prints them."""
     term.end_line()
     if not sources:
-        term.out.print(f"\n[dim]{escape(empty)}[/]")
+        term.out.print(f"\n[dim]{escape(empty, line=True)}[/]")
         return
     term.out.print("\n[bold]Sources[/]")
     for item in sources:
         where = item.get("section") or (f"page {item['page']}" if item.get("page") else "")
         line = f"  [{item['n']}] {item.get('source') or '?'} · {item.get('title') or ''}" + (f" · {where}" if where else "")
-        term.out.print(escape(line))
+        term.out.print(literal(line))
 
 
 def format_call(name: str, args: Any) -> str:
@@ -93,10 +98,10 @@ def agent_event_printer(term: Terminal) -> Callable[[dict[str, Any]], None]:
             term.write(event["text"])
         elif kind == "tool_call":
             label = "malformed call " if event.get("invalid") else ""
-            term.note(f"[dim]→ {label}{escape(format_call(event['name'], event['args']))}[/]")
+            term.note(f"[dim]→ {label}{escape(format_call(event['name'], event['args']), line=True)}[/]")
         elif kind == "tool_result":
             style = "red" if event.get("error") else "dim"
-            term.note(f"[{style}]  ← {escape(str(event.get('summary') or ''))}[/]")
+            term.note(f"[{style}]  ← {escape(str(event.get('summary') or ''), line=True)}[/]")
 
     return on_event
 
@@ -116,8 +121,10 @@ def run_agent_task(settings: Any, task: str, *, as_json: bool, term: Terminal) -
             assistant, task, on_event, endpoint=settings.chat_endpoint, base_url=settings.serving_base_url
         )
     except StreamInterruptedError as exc:
+        from agent.errors import public_message
+
         if as_json:
-            print(json.dumps({"task": task, "answer": exc.partial, "partial": True, "error": str(exc)}, indent=2))
+            print(json.dumps({"task": task, "answer": exc.partial, "partial": True, "error": public_message(exc)}, indent=2))
         term.error(f"{exc} (the answer above is incomplete)" if not as_json else exc)
         return exc.exit_code
     if as_json:
@@ -160,7 +167,7 @@ class ChatSession:
 
         turn = run_chat_turn(
             self.graph, question, thread_id=self.thread_id,
-            on_rewrite=lambda q: term.note(f"[dim]↳ searching for: {escape(q)}[/]"),
+            on_rewrite=lambda q: term.note(f"[dim]↳ searching for: {escape(q, line=True)}[/]"),
             on_token=term.write,
             endpoint=self.settings.chat_endpoint, base_url=self.settings.serving_base_url,
         )
@@ -173,13 +180,13 @@ class ChatSession:
             return
         print_sources(term, self.last.sources)
         if self.last.standalone and self.last.standalone != self.last.question:
-            term.out.print(f"[dim]searched for: {escape(self.last.standalone)}[/]")
+            term.out.print(f"[dim]searched for: {escape(self.last.standalone, line=True)}[/]")
         term.out.print(f"[bold]Retrieved[/] ({len(self.last.passages)} passages)")
         for n, document in enumerate(self.last.passages, 1):
             meta = document.metadata
             score = meta.get("score")
             score_text = f" · score {score:.3f}" if isinstance(score, (int, float)) else ""
-            term.out.print(escape(f"  [{n}] {meta.get('source')} · {meta.get('title') or ''}{score_text}"))
+            term.out.print(literal(f"  [{n}] {meta.get('source')} · {meta.get('title') or ''}{score_text}"))
 
     def reset(self) -> None:
         from agent.conversation import reset_thread
@@ -234,7 +241,7 @@ class AgentSession:
         consulted = self.last.get("consulted") or []
         term.out.print(f"[bold]Consulted[/] ({len(consulted)} passages and documents in this conversation)")
         for ref in consulted:
-            term.out.print(escape(f"  [{ref['n']}] {ref.get('source')} · {ref.get('title') or ''}"))
+            term.out.print(literal(f"  [{ref['n']}] {ref.get('source')} · {ref.get('title') or ''}"))
 
     def reset(self) -> None:
         checkpointer = getattr(self.graph, "checkpointer", None)
@@ -260,7 +267,8 @@ def chat_repl(settings: Any, *, session: str | None, agent: bool, k: int | None,
         earlier = chat.earlier_turns()
         if session:
             resumed = f"resumed, {earlier} earlier turn{'s' if earlier != 1 else ''}" if earlier else "new"
-            term.note(f"[dim]session '{escape(session)}' ({resumed}), kept in {escape(str(settings.index_dir))}[/]")
+            term.note(f"[dim]session '{escape(session, line=True)}' ({resumed}), kept in "
+                      f"{escape(settings.index_dir, line=True)}[/]")
         if term.interactive:
             kind = "agent with tools" if agent else "chat"
             term.note(f"[dim]kb {kind} · {HELP}[/]")
@@ -288,7 +296,7 @@ def chat_repl(settings: Any, *, session: str | None, agent: bool, k: int | None,
                 elif command == "/help":
                     term.note(HELP)
                 else:
-                    term.note(f"[yellow]unknown command {escape(command)}[/]; {HELP}")
+                    term.note(f"[yellow]unknown command {escape(command, line=True)}[/]; {HELP}")
                 continue
             try:
                 chat.ask(text, term)

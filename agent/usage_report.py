@@ -26,18 +26,22 @@ def parse_since(text: str | None, *, now: datetime | None = None) -> datetime | 
     if text is None or text.strip().lower() in ("", "all"):
         return None
     now = now or datetime.now(timezone.utc)
+    shown = text if len(text) <= 40 else text[:40] + "…"
     match = _SPAN.match(text)
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(
-            f"invalid --since '{text}': use a span like 7d, 24h, 30m, 2w, a date like 2025-01-31, or 'all'"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time
-    return moment.astimezone(timezone.utc)
+        if match:
+            return now - timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(
+                f"invalid --since '{shown}': use a span like 7d, 24h, 30m, 2w, a date like 2025-01-31, or 'all'"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # local time
+        return moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):  # a span or date before year 1 (or a number too long to read)
+        raise UsageError(f"invalid --since '{shown}': too far back; use 'all' for every recorded call") from None
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -130,6 +134,8 @@ def usage_table(report: dict[str, Any]) -> Any:
     """A Rich table of ``report_json``'s groups with a total row."""
     from rich.table import Table
 
+    from agent.terminal import literal
+
     since = report["since"]
     title = f"kb usage by {report['by']}" + (f" since {since[:16].replace('T', ' ')} UTC" if since else "")
     table = Table(title=title, title_justify="left", show_footer=len(report["groups"]) > 1)
@@ -148,7 +154,8 @@ def usage_table(report: dict[str, Any]) -> Any:
         # Group names (endpoint names are long) fold rather than being cut with an ellipsis.
         table.add_column(name, justify=justify, footer=footer, overflow="fold" if index == 0 else "ellipsis")
     for key, group in rows:
-        table.add_row(key, *[render(group) for _, _, render, _ in columns[1:]])
+        # Caller and endpoint names are printed as they are (no markup, no emoji codes, no escapes).
+        table.add_row(literal(key), *[render(group) for _, _, render, _ in columns[1:]])
     if total["unreported"]:
         table.caption = f"* {total['unreported']} call(s) did not report token usage: their tokens are not in the sums"
         table.caption_justify = "left"

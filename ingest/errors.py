@@ -113,6 +113,8 @@ def describe_remote_failure(exc: BaseException, *, what: str, endpoint: str, bas
     where = f"serving endpoint '{endpoint}'"
     if isinstance(exc, KbError):
         return exc
+    if isinstance(exc.__cause__, KbError):  # e.g. an OAuth refresh that failed inside the HTTP client's auth
+        return exc.__cause__
     if isinstance(exc, openai.APITimeoutError):
         return RemoteTimeoutError(
             f"Databricks {what} request to {where} timed out", hint="raise KB_TIMEOUT or try again"

@@ -131,8 +131,10 @@ def discover(paths: Iterable[Path], *, known_roots: Iterable[Path] = (), exclude
             if (root, source) in seen:
                 continue
             seen.add((root, source))
+            if problem is None and not _utf8(source):
+                problem = "file name is not valid UTF-8: not indexed (rename it)"
             if problem:
-                found.skipped.append(Skipped(source, problem))
+                found.skipped.append(Skipped(report_name(source), problem))
             elif loader_for(file) is None:
                 found.skipped.append(Skipped(source, f"unsupported file type '{file.suffix}'"))
             else:
@@ -142,12 +144,17 @@ def discover(paths: Iterable[Path], *, known_roots: Iterable[Path] = (), exclude
 
 
 def _walk(root: Path, start: Path, excluded: list[Path], skipped: list[Skipped]) -> Iterator[tuple[Path, str | None]]:
-    """(path, problem) for every candidate file under ``start``; ``problem`` is a skip reason."""
+    """(path, problem) for every candidate file under ``start``; ``problem`` is a skip reason.
+
+    Nothing one entry does stops the walk: a name that is not UTF-8 (it could not be stored or
+    printed), a path longer than the OS allows, an entry that vanishes or cannot be read is
+    reported with its reason and the walk goes on with the next one.
+    """
 
     def unreadable(exc: OSError) -> None:
         where = Path(exc.filename or start)
         source = where.relative_to(root).as_posix() if where.is_relative_to(root) else str(where)
-        skipped.append(Skipped(source + "/", f"cannot read folder: {exc.strerror or exc}"))
+        skipped.append(Skipped(report_name(source) + "/", f"cannot read folder: {os_reason(exc)}"))
 
     for dirpath, dirnames, filenames in os.walk(start, onerror=unreadable):
         here = Path(dirpath)
@@ -156,9 +163,16 @@ def _walk(root: Path, start: Path, excluded: list[Path], skipped: list[Skipped])
             folder = here / name
             if ignored(name) or folder in excluded:
                 continue
-            if folder.is_symlink():
-                problem = _symlink_problem(folder, root)
-                yield folder, problem or "symlink to a folder: not followed (its files are indexed at their real path)"
+            if not _utf8(name):
+                yield folder, "folder name is not valid UTF-8: not indexed (rename it)"
+                continue
+            try:
+                if folder.is_symlink():
+                    problem = _symlink_problem(folder, root)
+                    yield folder, problem or "symlink to a folder: not followed (its files are indexed at their real path)"
+                    continue
+            except OSError as exc:
+                yield folder, f"cannot read folder: {os_reason(exc)}"
                 continue
             keep.append(name)
         dirnames[:] = keep
@@ -166,15 +180,18 @@ def _walk(root: Path, start: Path, excluded: list[Path], skipped: list[Skipped])
             if ignored(name):
                 continue
             file = here / name
-            if file.is_symlink():
-                problem = _symlink_problem(file, root)
-                if problem:
-                    yield file, problem
-                    continue
+            if not _utf8(name):
+                yield file, "file name is not valid UTF-8: not indexed (rename it)"
+                continue
             try:
+                if file.is_symlink():
+                    problem = _symlink_problem(file, root)
+                    if problem:
+                        yield file, problem
+                        continue
                 mode = file.stat().st_mode
             except OSError as exc:
-                yield file, f"cannot read: {exc.strerror or exc}"
+                yield file, f"cannot read: {os_reason(exc)}"
                 continue
             if stat.S_ISDIR(mode):
                 yield file, "symlink to a folder: not followed (its files are indexed at their real path)"
@@ -182,6 +199,30 @@ def _walk(root: Path, start: Path, excluded: list[Path], skipped: list[Skipped])
                 yield file, "not a regular file (device, socket or pipe)"
             else:
                 yield file, None
+
+
+def _utf8(name: str) -> bool:
+    """False for a name with bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def report_name(source: str, limit: int = 300) -> str:
+    """``source`` as it can be printed and stored: undecodable bytes as ``\\xff``, a path longer
+    than ``limit`` shortened in the middle."""
+    text = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}...{text[-(limit // 2) :]}"
+    return text
+
+
+def os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        return "path too long for the operating system (File name too long)"
+    return exc.strerror or str(exc)
 
 
 def _symlink_problem(link: Path, root: Path) -> str | None:
@@ -204,15 +245,19 @@ def _symlink_problem(link: Path, root: Path) -> str | None:
 # ---------------------------------------------------------------- loading
 
 
-def load(file: SourceFile, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> LoadedDocument:
-    """Load one file; raises ``SkipFile`` with a reason when it cannot be indexed."""
+def load(file: SourceFile, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, memory_mb: int | None = None) -> LoadedDocument:
+    """Load one file; raises ``SkipFile`` with a reason when it cannot be indexed.
+
+    ``memory_mb`` only names the limit in the reason when parsing runs out of memory (the limit
+    itself is set by ``ingest.isolation``'s worker process).
+    """
     loader = loader_for(file.path)
     if loader is None:
         raise SkipFile(f"unsupported file type '{file.path.suffix}'")
     try:
         size = file.path.stat().st_size
     except OSError as exc:
-        raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
+        raise SkipFile(f"cannot read: {os_reason(exc)}") from None
     if size > max_bytes:
         raise SkipFile(size_cap_reason(size, max_bytes))
     if size == 0:
@@ -223,7 +268,10 @@ def load(file: SourceFile, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Loaded
         raise
     except OSError as exc:
         raise SkipFile(f"cannot read: {exc.strerror or exc}") from None
-    except (MemoryError, RecursionError) as exc:
+    except MemoryError:
+        limit = f" (KB_PARSE_MEMORY_MB={memory_mb})" if memory_mb else ""
+        raise SkipFile(f"parsing needs more memory than allowed{limit}") from None
+    except RecursionError as exc:
         raise SkipFile(f"too complex to parse ({type(exc).__name__})") from None
     except Exception as exc:  # a parser bug on one odd file must not stop the whole run
         detail = " ".join(str(exc).split())[:100]

@@ -13,14 +13,17 @@ while a run writes to it: a run that died leaves the mark, and the next run swee
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.errors import IndexBusyError
+from ingest.errors import IndexBusyError, UsageError
 
 RECORDS_FILE = "records.sqlite"
+LOCK_FILE = "ingest.lock"
+LOCK_WAIT = 1.0  # seconds a writer waits for the lock: covers a reader's instant probe (ingest_running)
 LOADER_VERSION = 2  # bump when loading/splitting changes: cached skips are then retried
 
 
@@ -38,6 +41,7 @@ class Record:
     ids: list[str]
     skip_reason: str | None
     version: int
+    chunks_total: int | None = None  # set when KB_MAX_CHUNKS_PER_FILE cut the file: chunks it had in all
 
 
 class Records:
@@ -51,6 +55,7 @@ class Records:
             uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if live else "&immutable=1")
             self._db = sqlite3.connect(uri, uri=True, timeout=30)
             self.collection = collection if collection is not None else (self.get_state("active") or "")
+            self._total_column = self._has_total_column()
             return
         Path(index_dir).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30)
@@ -64,8 +69,17 @@ class Records:
             " PRIMARY KEY (collection, root, source))"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if not self._has_total_column():  # added for KB_MAX_CHUNKS_PER_FILE; older files lack it
+            self._db.execute("ALTER TABLE records ADD COLUMN chunks_total INTEGER")
         self._db.commit()
+        self._total_column = True
         self.collection = collection if collection is not None else (self.get_state("active") or "")
+
+    def _has_total_column(self) -> bool:
+        try:
+            return any(row[1] == "chunks_total" for row in self._db.execute("PRAGMA table_info(records)"))
+        except sqlite3.Error:
+            return False
 
     # -- reading
 
@@ -74,12 +88,13 @@ class Records:
         return [Path(root) for (root,) in rows]
 
     def for_root(self, root: Path) -> dict[str, Record]:
+        total = "chunks_total" if self._total_column else "NULL"
         rows = self._db.execute(
-            "SELECT source, sha, size, mtime_ns, checked_ns, title, chunk_ids, skip_reason, version FROM records"
-            " WHERE collection = ? AND root = ?",
+            "SELECT source, sha, size, mtime_ns, checked_ns, title, chunk_ids, skip_reason, version, "
+            f"{total} FROM records WHERE collection = ? AND root = ?",
             (self.collection, str(root)),
         )
-        return {s: Record(sha, size, m, c, t, json.loads(ids), r, v) for s, sha, size, m, c, t, ids, r, v in rows}
+        return {s: Record(sha, size, m, c, t, json.loads(ids), r, v, n) for s, sha, size, m, c, t, ids, r, v, n in rows}
 
     def expected_ids(self, root: Path) -> set[str]:
         return {i for record in self.for_root(root).values() for i in record.ids}
@@ -95,11 +110,13 @@ class Records:
     # -- writing (each call is its own transaction: a crash never leaves half a record)
 
     def put(self, root: Path, source: str, sha: str, title: str, ids: list[str], *, size: int = -1,
-            mtime_ns: int = 0, checked_ns: int = 0, skip_reason: str | None = None) -> None:
+            mtime_ns: int = 0, checked_ns: int = 0, skip_reason: str | None = None,
+            chunks_total: int | None = None) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO records (collection, root, source, sha, size, mtime_ns, checked_ns, title,"
+            " chunk_ids, skip_reason, version, chunks_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.collection, str(root), source, sha, size, mtime_ns, checked_ns, title, json.dumps(ids),
-             skip_reason, LOADER_VERSION),
+             skip_reason, LOADER_VERSION, chunks_total),
         )
         self._db.commit()
 
@@ -183,22 +200,82 @@ class NoRecords:
         pass
 
 
+def check_index_dir(index_dir: Path, *, create: bool) -> Path:
+    """``index_dir`` as an absolute path, or one ``UsageError`` naming it when it cannot hold an index:
+    it is a file, a parent is a file (``/dev/null/x``), or (``create``) it cannot be created or
+    written to. Without ``create`` a folder that does not exist yet is fine (the caller reports that)."""
+    path = Path(os.path.abspath(Path(index_dir).expanduser()))
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        if probe == path:
+            raise UsageError(f"KB_INDEX_DIR {path} is not a folder",
+                             hint="point KB_INDEX_DIR at a folder, or move what is there away")
+        raise UsageError(f"KB_INDEX_DIR {path} cannot be created: {probe} is not a folder",
+                         hint="point KB_INDEX_DIR at a folder")
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create KB_INDEX_DIR {path}: {exc.strerror or exc}",
+                         hint="point KB_INDEX_DIR at a writable folder") from None
+    try:  # a real write: os.access says yes to root on a read-only file system
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=path, prefix=".kb-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"KB_INDEX_DIR {path} is not writable ({exc.strerror or exc})",
+                         hint="point KB_INDEX_DIR at a writable folder") from None
+    return path
+
+
+def ingest_running(index_dir: Path) -> bool:
+    """True while a ``kb ingest`` holds the writer lock of ``index_dir``.
+
+    Probed with a non-blocking shared ``flock`` on the lock file (the lock ``filelock`` takes is an
+    exclusive ``flock``), held for an instant and never created: a writer starting at that very
+    instant waits (``LOCK_WAIT``) instead of failing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no probe, no message
+        return False
+    try:
+        fd = os.open(Path(index_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we got
+    return False
+
+
 @contextmanager
 def writer_lock(index_dir: Path):
     """Hold the index's single-writer lock, or fail at once with ``IndexBusyError``.
 
     An OS file lock (``flock``): released by the kernel when the holder exits, even by ``kill -9``.
+    An index folder that cannot be created or written is one ``UsageError`` naming its path.
     """
     from filelock import FileLock, Timeout
 
-    Path(index_dir).mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(Path(index_dir) / "ingest.lock"))
+    path = check_index_dir(index_dir, create=True)
+    lock = FileLock(str(path / LOCK_FILE))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=LOCK_WAIT)
     except Timeout:
         raise IndexBusyError(
             f"another 'kb ingest' is writing to the index at {index_dir}", hint="wait for it to finish and run again"
         ) from None
+    except OSError as exc:  # a read-only file system, a folder we may not write to
+        raise UsageError(f"KB_INDEX_DIR {path} is not writable ({exc.strerror or exc})",
+                         hint="point KB_INDEX_DIR at a writable folder") from None
     try:
         yield
     finally:

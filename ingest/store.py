@@ -65,11 +65,26 @@ def connect(index_dir: Path, chroma_url: str | None = None, *, create: bool = Fa
                 hint="start it, or fix or unset KB_CHROMA_URL",
             ) from None
     if not create and not chroma_dir(index_dir).exists():
+        from ingest.records import check_index_dir
+
+        check_index_dir(index_dir, create=False)  # a file, or under one: say so, not "no index"
+        _still_building(index_dir, str(index_dir))
         raise IndexMissingError(f"no index at {index_dir}", hint="run 'kb ingest' first")
     try:
         return chromadb.PersistentClient(path=str(chroma_dir(index_dir)), settings=settings)
     except Exception as exc:  # a damaged or foreign folder: say so instead of a traceback
         raise unusable(str(index_dir), exc) from None
+
+
+def _still_building(index_dir: Path, where: str) -> None:
+    """Nothing to search yet because the first ``kb ingest`` is still writing: say that, not "empty"."""
+    from ingest.records import ingest_running
+
+    if ingest_running(index_dir):
+        raise IndexMissingError(
+            f"'kb ingest' is still building the index at {where}: nothing is searchable yet",
+            hint="try again when it finishes",
+        )
 
 
 def unusable(where: str, exc: BaseException) -> IndexError_:
@@ -146,10 +161,13 @@ def open_store(index_dir: Path, embeddings: Embeddings, *, create: bool = False,
     name = active_name(client)
     if name is None:
         if not create:
+            _still_building(index_dir, where)
             raise IndexMissingError(f"the index at {where} is empty", hint="run 'kb ingest' first")
         name = COLLECTION
         _create(client, name, embeddings)
     collection = client.get_collection(name)
+    if not create and collection.count() == 0:  # the first ingest has not written its first batch yet
+        _still_building(index_dir, where)
     _check_model(collection, model_id_of(embeddings), where)
     store = KbChroma(collection_name=name, embedding_function=embeddings, client=client,
                      create_collection_if_not_exists=False)

@@ -2,11 +2,15 @@
 
 - Chunk ids are sha256 of (root, source, chunk number, text): a re-run cannot create duplicates.
 - Records (``ingest.records``) make re-runs incremental: a file whose size and mtime are unchanged
-  is not even read, a file whose content hash is unchanged is not re-parsed, a changed file embeds
+  is not even read (``checksum=True``, ``kb ingest --checksum``: every file is hashed instead), a file whose content hash is unchanged is not re-parsed, a changed file embeds
   only chunk ids that are new, a deleted file's chunks are removed, and an identical chunk text
   already in the index (a renamed or moved file, a shifted chunk) reuses its stored vector.
 - Writes are ordered so that ``kill -9`` at any moment is safe (see ``ingest.writer``); a run that
   did not finish leaves a mark, and the next one sweeps chunks no record accounts for.
+- Files are parsed (loaded and split) in a child process under a time and memory limit when
+  ``parse_limits`` is given (``ingest.isolation``; the CLI always does): a file that exceeds them
+  is skipped and reported, the run goes on. ``max_chunks`` (``KB_MAX_CHUNKS_PER_FILE``) keeps the
+  first chunks of a file that has more, and reports it on every run until the cap or the file changes.
 - One writer per index (``writer_lock``); queries read a consistent index throughout (see
   ``ingest.store`` for ``--rebuild``).
 - Several roots live side by side: a run only deletes documents under the paths it was given. A
@@ -25,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ingest.documents import DEFAULT_MAX_FILE_BYTES, SkipFile, Skipped, SourceFile
+from ingest.isolation import ParseLimits, ParseWorker
 from ingest.loaders import Scope, discover, load
-from ingest.records import NoRecords, Record, Records, records_path, writer_lock
+from ingest.records import NoRecords, Record, Records, check_index_dir, records_path, writer_lock
 from ingest.split import Chunk, split_document
 from ingest.textio import size_cap_reason
 
@@ -64,6 +69,7 @@ class FilePlan:
     chunks: list[Chunk]
     ids: list[str]
     old_ids: list[str]
+    chunks_total: int | None = None  # the file's chunks before KB_MAX_CHUNKS_PER_FILE cut it (None: not cut)
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Plan:
     skipped: list[Skipped] = field(default_factory=list)
     new_skips: list[NewSkip] = field(default_factory=list)  # remembered so they are not re-parsed
     forget: list[tuple[Path, str]] = field(default_factory=list)  # skip records of files now gone
+    truncated: list[dict[str, Any]] = field(default_factory=list)  # files cut at KB_MAX_CHUNKS_PER_FILE
 
     @property
     def roots(self) -> list[Path]:
@@ -107,17 +114,24 @@ class Plan:
 
 def make_plan(
     paths: Iterable[Path], records: Records | NoRecords, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    exclude: Iterable[Path] = (),
+    exclude: Iterable[Path] = (), parser: ParseWorker | None = None, checksum: bool = False,
+    max_chunks: int | None = None,
 ) -> Plan:
-    """Compare the files under ``paths`` with the records: what to add, re-embed, delete, skip."""
+    """Compare the files under ``paths`` with the records: what to add, re-embed, delete, skip.
+
+    ``parser``: parse in that worker process (time and memory limits) instead of in this one.
+    ``checksum``: hash every file, even when its size and modification time match the record.
+    ``max_chunks``: keep at most that many chunks of a file (the rest is reported, not indexed).
+    """
     known_roots = records.roots()
     found = discover(paths, known_roots=known_roots, exclude=exclude)
     plan = Plan(scopes=found.scopes, skipped=list(found.skipped))
     known: dict[Path, dict[str, Record]] = {root: records.for_root(root) for root in plan.roots}
     seen: set[tuple[Path, str]] = set()
+    options = _Options(max_bytes, parser, checksum, max_chunks)
     for file in found.files:
         seen.add((file.root, file.source))
-        _plan_file(plan, file, known[file.root].get(file.source), max_bytes)
+        _plan_file(plan, file, known[file.root].get(file.source), options)
     for root in plan.roots:
         scopes = [scope for scope in plan.scopes if scope.root == root]
         for source, record in known[root].items():
@@ -129,7 +143,28 @@ def make_plan(
     return plan
 
 
-def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, max_bytes: int) -> None:
+@dataclass(frozen=True)
+class _Options:
+    max_bytes: int
+    parser: ParseWorker | None
+    checksum: bool
+    max_chunks: int | None
+
+
+def _cut_note(file: SourceFile, total: int, kept: int) -> dict[str, Any]:
+    return {"source": file.source, "root": str(file.root), "chunks": total, "kept": kept,
+            "reason": f"{total} chunks, only the first {kept} indexed (KB_MAX_CHUNKS_PER_FILE={kept})"}
+
+
+def _parse(file: SourceFile, options: _Options) -> tuple[str, list[Chunk]]:
+    if options.parser is not None:
+        return options.parser.parse(file)
+    document = load(file, max_bytes=options.max_bytes)
+    return document.title, split_document(document)
+
+
+def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, options: _Options) -> None:
+    max_bytes = options.max_bytes
     try:
         stat = file.path.stat()
     except OSError as exc:
@@ -137,7 +172,8 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, max_bytes:
     if stat.st_size > max_bytes:  # never hashed nor read: the size cap also bounds time
         return _unreadable(plan, file, previous, size_cap_reason(stat.st_size, max_bytes))
     same_stat = (
-        previous is not None
+        not options.checksum
+        and previous is not None
         and previous.size == stat.st_size
         and previous.mtime_ns == stat.st_mtime_ns
         and previous.checked_ns - stat.st_mtime_ns > RACY_NS
@@ -150,32 +186,40 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, max_bytes:
         except OSError as exc:
             return _unreadable(plan, file, previous, f"cannot read: {exc.strerror or exc}")
     if previous is not None and previous.sha == sha:
-        if not same_stat:
+        cut_differently = previous.chunks_total is not None and len(previous.ids) != min(
+            previous.chunks_total, options.max_chunks or previous.chunks_total)
+        if not same_stat and not cut_differently:
             plan.touched.append((file, stat.st_size, stat.st_mtime_ns))
-        if previous.skip_reason is None:
+        if previous.skip_reason is None and not cut_differently:
             plan.unchanged.append(file.source)
+            if previous.chunks_total is not None:  # still cut: said on every run, like a skip
+                plan.truncated.append(_cut_note(file, previous.chunks_total, len(previous.ids)))
             return
         from ingest.records import LOADER_VERSION
 
-        if previous.version == LOADER_VERSION:
+        if previous.skip_reason is not None and previous.version == LOADER_VERSION:
             plan.skipped.append(Skipped(file.source, previous.skip_reason))
             return
     try:
-        document = load(file, max_bytes=max_bytes)
+        title, chunks = _parse(file, options)
     except SkipFile as exc:
         plan.skipped.append(Skipped(file.source, str(exc)))
         plan.new_skips.append(NewSkip(file, sha, stat.st_size, stat.st_mtime_ns, str(exc)))
         if previous is not None and previous.ids:  # it was indexed before, now unreadable: its chunks go
             plan.deleted[(file.root, file.source)] = previous.ids
         return
-    chunks = split_document(document)
+    chunks_total = None
+    if options.max_chunks is not None and len(chunks) > options.max_chunks:
+        chunks_total = len(chunks)
+        chunks = chunks[: options.max_chunks]
+        plan.truncated.append(_cut_note(file, chunks_total, len(chunks)))
     ids = [chunk_id(file.root, file.source, c.metadata["chunk"], c.text) for c in chunks]
     for chunk in chunks:
         chunk.metadata["root"] = str(file.root)
         chunk.metadata["text_sha"] = text_sha(chunk.text)
     indexed_before = previous is not None and previous.skip_reason is None
-    entry = FilePlan(file, sha, stat.st_size, stat.st_mtime_ns, document.title, chunks, ids,
-                     previous.ids if previous is not None else [])
+    entry = FilePlan(file, sha, stat.st_size, stat.st_mtime_ns, title, chunks, ids,
+                     previous.ids if previous is not None else [], chunks_total)
     (plan.changed if indexed_before else plan.added).append(entry)
 
 
@@ -217,6 +261,7 @@ class Summary:
     chunks_reused: int = 0  # written with a vector already in the index (same text): not re-embedded
     files: list[dict[str, Any]] = field(default_factory=list)  # per added/changed/deleted file
     seconds: float = 0.0
+    truncated: list[dict[str, Any]] = field(default_factory=list)  # cut at KB_MAX_CHUNKS_PER_FILE
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -250,6 +295,7 @@ def plan_summary(plan: Plan) -> Summary:
         chunks_total=0,
         dry_run=True,
         files=file_changes(plan),
+        truncated=plan.truncated,
     )
 
 
@@ -267,8 +313,19 @@ def ingest(
     progress: ProgressFn | None = None,
     chroma_url: str | None = None,
     batch_size: int | None = None,
+    parse_limits: ParseLimits | None = None,
+    checksum: bool = False,
+    max_chunks: int | None = None,
 ) -> Summary:
-    """Bring the index at ``index_dir`` (or on the Chroma server ``chroma_url``) in line with ``paths``."""
+    """Bring the index at ``index_dir`` (or on the Chroma server ``chroma_url``) in line with ``paths``.
+
+    ``parse_limits``: parse files in a worker process under its time and memory limits (without
+    it, in this process, unbounded). ``checksum``: hash every file instead of trusting size and
+    modification time. ``max_chunks``: ``KB_MAX_CHUNKS_PER_FILE``.
+    """
+    from contextlib import ExitStack
+    from dataclasses import replace
+
     from ingest.lexical import sync_lexical
     from ingest.store import KbChroma, activate, collection_ids, connect, open_target, store_key
     from ingest.writer import apply_plan
@@ -276,32 +333,42 @@ def ingest(
     started = time.perf_counter()
     paths = [Path(p) for p in paths]
     key = store_key(chroma_url)
-    if dry_run:  # read-only: creates nothing, not even the index folder
-        with closing(_read_only_records(index_dir, key, rebuild)) as records:
-            return plan_summary(make_plan(paths, records, max_bytes=max_bytes, exclude=[index_dir]))
-    with writer_lock(index_dir), _index_errors(chroma_url or str(index_dir)):
-        client = connect(index_dir, chroma_url, create=True)
-        target = open_target(client, embeddings, rebuild=rebuild, where=chroma_url or str(index_dir))
-        with closing(Records(index_dir)) as records:
-            records.adopt(target.id, key)
-            records.purge(key, collection_ids(client) | {target.id})
-            if not target.activate:
-                records.activate(key)
-            plan = make_plan(paths, records, max_bytes=max_bytes, exclude=[index_dir])
-            summary = apply_plan(plan, target.collection, embeddings, records, progress=progress, batch_size=batch_size)
-            if target.activate:  # a rebuild is complete: readers switch to it now
-                activate(target)
-                records.activate(key)
-        summary.files = file_changes(plan)
-        store = KbChroma(collection_name=target.name, embedding_function=embeddings, client=client,
-                         create_collection_if_not_exists=False)
-        sync_lexical(index_dir, store._collection)  # BM25 index: same chunks as Chroma, rebuilt when they changed
-        if not chroma_url:  # queries read this copy without importing chromadb (ingest/snapshot.py)
-            from ingest.snapshot import sync_snapshot
+    with ExitStack() as stack:
+        parser = None
+        if parse_limits is not None:  # the child process starts only once a file needs parsing
+            parser = stack.enter_context(ParseWorker(replace(parse_limits, max_bytes=max_bytes)))
+        options = {"max_bytes": max_bytes, "exclude": [index_dir], "parser": parser, "checksum": checksum,
+                   "max_chunks": max_chunks}
+        if dry_run:  # read-only: creates nothing, not even the index folder
+            check_index_dir(index_dir, create=False)
+            with closing(_read_only_records(index_dir, key, rebuild)) as records:
+                return plan_summary(make_plan(paths, records, **options))
+        with writer_lock(index_dir), _index_errors(chroma_url or str(index_dir)):
+            client = connect(index_dir, chroma_url, create=True)
+            target = open_target(client, embeddings, rebuild=rebuild, where=chroma_url or str(index_dir))
+            with closing(Records(index_dir)) as records:
+                records.adopt(target.id, key)
+                records.purge(key, collection_ids(client) | {target.id})
+                if not target.activate:
+                    records.activate(key)
+                plan = make_plan(paths, records, **options)
+                stack.close()  # parsing is over: the worker process goes before embedding starts
+                summary = apply_plan(plan, target.collection, embeddings, records, progress=progress,
+                                     batch_size=batch_size)
+                if target.activate:  # a rebuild is complete: readers switch to it now
+                    activate(target)
+                    records.activate(key)
+            summary.files = file_changes(plan)
+            summary.truncated = plan.truncated
+            store = KbChroma(collection_name=target.name, embedding_function=embeddings, client=client,
+                             create_collection_if_not_exists=False)
+            sync_lexical(index_dir, store._collection)  # BM25 index: same chunks as Chroma, rebuilt when they changed
+            if not chroma_url:  # queries read this copy without importing chromadb (ingest/snapshot.py)
+                from ingest.snapshot import sync_snapshot
 
-            sync_snapshot(index_dir, store._collection)
-        summary.seconds = round(time.perf_counter() - started, 3)
-        return summary
+                sync_snapshot(index_dir, store._collection)
+            summary.seconds = round(time.perf_counter() - started, 3)
+            return summary
 
 
 @contextmanager

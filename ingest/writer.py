@@ -110,6 +110,7 @@ def apply_plan(
         chunks_total=collection.count(),
         chunks_reused=state.reused,
         files=file_changes(plan),
+        truncated=plan.truncated,
     )
 
 
@@ -210,7 +211,7 @@ def _as_list(vector: Any) -> Any:
 
 def _commit_file(entry: FilePlan, collection: Any, records: Any, state: _Progress) -> None:
     records.put(entry.file.root, entry.file.source, entry.sha, entry.title, entry.ids, size=entry.size,
-                mtime_ns=entry.mtime_ns, checked_ns=_now_ns())
+                mtime_ns=entry.mtime_ns, checked_ns=_now_ns(), chunks_total=entry.chunks_total)
     stale = sorted(set(entry.old_ids) - set(entry.ids))
     for start in range(0, len(stale), _ID_PAGE):
         collection.delete(ids=stale[start : start + _ID_PAGE])

@@ -26,6 +26,12 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("KB_INDEX_DIR", str(tmp_path / "index"))
+    # No ~/.databrickscfg of the developer's: a test that wants a profile writes its own.
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
+    import sys
+
+    if "agent.databricks.auth" in sys.modules:  # resolved connections hold tokens of earlier tests
+        sys.modules["agent.databricks.auth"].reset_connections()
     return work
 
 

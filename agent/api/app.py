@@ -7,10 +7,18 @@ Routes: ``POST /v1/chat/completions`` (kb-rag, kb-agent; streaming or not), ``GE
 ``POST /api/search``, ``POST /api/ask``, ``GET /api/documents[/{source}]``, ``GET /healthz``,
 ``GET /readyz``, and the chat page at ``/`` (``agent/static``). ``llm`` and ``retriever`` replace
 the configured ones (tests, notebooks).
+
+``HostCheck`` guards against DNS rebinding: a web page on another site whose name the attacker
+re-points at 127.0.0.1 would otherwise reach an open (keyless) server from the user's browser. The
+browser still sends the attacker's name in ``Host``, so without keys only loopback names (and IP
+literals, which no rebinding can produce) are answered; ``KB_API_ALLOWED_HOSTS`` adds names, and
+with keys it is the complete list when set. Hand-written (a few lines) because Starlette's
+``TrustedHostMiddleware`` splits the port off at the first colon, which breaks ``[::1]:8000``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,8 +33,8 @@ from agent import __version__
 from agent.api import chat, routes
 from agent.api.auth import ANONYMOUS, Callers
 from agent.api.backend import Backend
-from agent.api.errors import install_error_handlers
-from agent.api.limits import BodySizeLimit, ConcurrencyGate
+from agent.api.errors import ApiError, conceal, install_error_handlers
+from agent.api.limits import BodySizeLimit, ConcurrencyGate, send_error
 from agent.settings import Settings, load_settings
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -44,6 +52,7 @@ def create_app(
 ) -> FastAPI:
     """The API. ``warm``: open the index and load the embedding model at start-up."""
     settings = settings or load_settings()
+    conceal(settings)  # error messages name KB_INDEX_DIR, not the server's path (and no URLs)
     backend = Backend(settings, llm=llm, retriever=retriever)
 
     @asynccontextmanager
@@ -75,7 +84,73 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     # Outermost: refuse oversized bodies before anything reads them.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    # ... and before that, requests for a host name this server does not answer for.
+    app.add_middleware(HostCheck, allowed=settings.api_allowed_hosts, open_mode=not settings.api_keys)
     return app
+
+
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def host_name(value: str) -> str | None:
+    """The name in a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lower case, without
+    port or trailing dot; ``None`` when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1:]
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6):
+        return None
+    name = name.rstrip(".")
+    return name or None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """Pure ASGI: 421 for a ``Host`` this server does not answer for (see the module docstring).
+
+    ``/healthz`` is always answered (it says only "ok"), so load balancers probing by address work.
+    """
+
+    def __init__(self, app: Any, allowed: list[str] | tuple[str, ...], open_mode: bool) -> None:
+        self.app = app
+        self.allowed = {entry.strip().lower().rstrip(".") for entry in allowed if entry.strip()}
+        self.any_host = "*" in self.allowed or (not open_mode and not self.allowed)
+        self.open_mode = open_mode
+
+    def accepts(self, header: str | None) -> bool:
+        if self.any_host or header is None:  # no Host at all: not a browser, so not a rebinding
+            return True
+        name = host_name(header)
+        if name is None:
+            return False
+        if name in self.allowed or header.strip().lower() in self.allowed:
+            return True
+        return self.open_mode and (name in LOOPBACK_NAMES or _is_ip(name))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/healthz":
+            header = next((v for k, v in scope.get("headers") or () if k == b"host"), None)
+            if not self.accepts(None if header is None else header.decode("latin-1")):
+                hint = ("add it to KB_API_ALLOWED_HOSTS" if not self.open_mode else
+                        "without KB_API_KEYS only localhost and IP addresses are answered; "
+                        "add the name to KB_API_ALLOWED_HOSTS")
+                await send_error(send, ApiError(421, f"this server does not answer for that Host header: {hint}",
+                                                code="host_not_allowed", type="invalid_request_error"))
+                return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:

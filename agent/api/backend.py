@@ -197,10 +197,10 @@ class Backend:
             return self._llm_override
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # connections belong to a loop; a new loop gets new ones
-            import openai
+            from agent.databricks.transport import async_client
 
             self._loop, self._llms, self._assistants, self._chains = loop, {}, {}, {}
-            self._http = openai.DefaultAsyncHttpxClient()
+            self._http = async_client(self.settings)
         key = (caller, model, tuple(sorted((overrides or {}).items())))
         if key not in self._llms:
             from agent.llm import build_llm

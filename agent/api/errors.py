@@ -3,7 +3,12 @@
 Every failure leaves the API in this shape: our own ``ApiError`` (auth, limits, bad requests), the
 project's ``KbError`` family (a Databricks failure upstream becomes 502/503/504 with its one-line
 message), FastAPI's validation errors (400, naming the field) and anything unexpected (500 with a
-generic message; the traceback goes to the server log only). Messages never carry the token.
+generic message; the traceback goes to the server log only).
+
+Every message passes ``agent.errors.public_message`` (registered secrets, token shapes and Bearer
+credentials masked, even when an upstream error body echoed them), and the server's own places,
+the index folder and the Databricks / Chroma URLs (``conceal(settings)``), are replaced by the
+setting's name in what callers see; the server log keeps the full message.
 """
 
 from __future__ import annotations
@@ -17,9 +22,41 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.errors import ConfigError, KbError, RateLimitedError, RemoteError
+from agent.errors import ConfigError, KbError, RateLimitedError, RemoteError, public_message
 
 log = logging.getLogger("kb.api")
+
+# Server-side values callers are not told (longest first), and what they see instead.
+_CONCEALED: dict[str, str] = {}
+
+
+def conceal(settings: Any) -> None:
+    """Hide ``settings``' index folder and service URLs from API error messages from now on."""
+    from pathlib import Path
+
+    found: dict[str, str] = {}
+    index = Path(settings.index_dir)
+    for path in {str(index), str(index.absolute()), str(index.resolve())}:
+        if "/" in path or "\\" in path:  # a bare relative name (".kb") says nothing
+            found[path] = "KB_INDEX_DIR"
+    for attribute, name in (("serving_base_url", "the configured Databricks URL"),
+                            ("databricks_host", "the configured Databricks URL"),
+                            ("chroma_url", "KB_CHROMA_URL")):
+        value = getattr(settings, attribute, None)
+        if value and len(str(value)) >= 8:
+            found[str(value).rstrip("/")] = name
+    merged = {**_CONCEALED, **found}
+    _CONCEALED.clear()
+    _CONCEALED.update(sorted(merged.items(), key=lambda item: len(item[0]), reverse=True))
+
+
+def for_callers(message: str) -> str:
+    """``message`` with secrets masked and the concealed server paths and URLs replaced."""
+    message = public_message(message)
+    for value, name in list(_CONCEALED.items()):
+        if value in message:
+            message = message.replace(value, name)
+    return message
 
 _TYPES = {
     400: "invalid_request_error",
@@ -45,6 +82,7 @@ class ApiError(Exception):
         type: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = for_callers(message)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -87,7 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KbError)
     async def _kb_error(request: Request, exc: KbError) -> JSONResponse:
         error = from_kb_error(exc)
-        log.warning("%s %s -> %d %s", request.method, request.url.path, error.status, error.message)
+        # The log keeps the details the caller does not get (the log filter masks secrets).
+        log.warning("%s %s -> %d %s", request.method, request.url.path, error.status, exc)
         return error.response()
 
     @app.exception_handler(RequestValidationError)

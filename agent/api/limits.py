@@ -35,10 +35,10 @@ class BodySizeLimit:
             try:
                 too_big = int(declared) > self.max_bytes
             except ValueError:
-                await _send_error(send, ApiError(400, "invalid Content-Length header", code="invalid_request"))
+                await send_error(send, ApiError(400, "invalid Content-Length header", code="invalid_request"))
                 return
             if too_big:
-                await _send_error(send, self._error())
+                await send_error(send, self._error())
                 return
         else:  # no length given (chunked): read it here, up to the limit, then hand it on
             chunks: list[bytes] = []
@@ -50,7 +50,7 @@ class BodySizeLimit:
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
                 if size > self.max_bytes:
-                    await _send_error(send, self._error())
+                    await send_error(send, self._error())
                     return
                 if not message.get("more_body"):
                     break
@@ -77,7 +77,8 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-async def _send_error(send: Any, error: ApiError) -> None:
+async def send_error(send: Any, error: ApiError) -> None:
+    """Answer with ``error`` from ASGI middleware (before the app and its handlers)."""
     body = json.dumps(error.body()).encode("utf-8")
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]

@@ -1,11 +1,14 @@
 """The routes besides chat completions: models, search, ask, documents, health.
 
 ``/api/search`` and ``/api/ask`` take and return the JSON of ``kb search --json`` and
-``kb ask --json``. ``/healthz`` and ``/readyz`` need no key (for load balancers and probes).
+``kb ask --json``. ``/healthz`` and ``/readyz`` need no key (for load balancers and probes);
+``/readyz`` says which check failed, and its details (why the index does not open, what to set)
+only to a caller with a valid key; the server log has them too.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from agent.api import documents
 from agent.api.auth import require_caller
 from agent.api.backend import Backend
-from agent.api.errors import ApiError
+from agent.api.errors import ApiError, for_callers
 from agent.api.schemas import MODELS, AskRequest, SearchRequest, model_json
 
+log = logging.getLogger("kb.api")
 public = APIRouter()
 private = APIRouter(dependencies=[Depends(require_caller)])
 
@@ -49,14 +53,29 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     backend = _backend(request)
     index_problem = await run_in_threadpool(backend.check_index)
-    checks = {
-        "settings": "ok",
-        "index": index_problem or "ok",
-        "llm": "ok" if backend.settings.llm_configured else "not configured: set " + " and ".join(
-            backend.settings.missing_llm_settings()),
-    }
-    ready = index_problem is None and backend.settings.llm_configured
+    llm_problem = None if backend.settings.llm_configured else "not configured: set " + " and ".join(
+        backend.settings.missing_llm_settings())
+    if _has_valid_key(request):
+        checks = {"settings": "ok", "index": for_callers(index_problem) if index_problem else "ok",
+                  "llm": llm_problem or "ok"}
+    else:  # a probe or a stranger: which check failed, not the server's paths or settings
+        checks = {"settings": "ok", "index": "not ready" if index_problem else "ok",
+                  "llm": "not configured" if llm_problem else "ok"}
+    ready = index_problem is None and llm_problem is None
+    if not ready:
+        log.warning("not ready: %s", "; ".join(p for p in (index_problem, llm_problem and f"llm {llm_problem}") if p))
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+def _has_valid_key(request: Request) -> bool:
+    callers = request.app.state.callers
+    if not callers.enabled:
+        return False  # an open server has no authenticated callers
+    try:
+        callers.identify(request.headers.get("authorization"))
+    except ApiError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- models

@@ -98,6 +98,12 @@ def connect(settings: Settings) -> Connection:
         return connection
 
 
+def reset_connections() -> None:
+    """Forget resolved connections (tests; a process that changed its credentials)."""
+    with _LOCK:
+        _CONNECTIONS.clear()
+
+
 def _connect(settings: Settings) -> Connection:
     if settings.uses_token:
         base_url = settings.serving_base_url
@@ -127,6 +133,11 @@ def _connect(settings: Settings) -> Connection:
 
 def sdk_config(settings: Settings) -> Any:
     """A resolved ``databricks.sdk.core.Config`` (authentication chosen and tested by the SDK)."""
+    import logging
+
+    sdk_log = logging.getLogger("databricks.sdk")
+    if sdk_log.level == logging.NOTSET:  # its warnings are kb's to explain (one error line), not to print
+        sdk_log.setLevel(logging.ERROR)
     try:
         from databricks.sdk.core import Config
     except ImportError:  # pragma: no cover - a core dependency
@@ -181,7 +192,7 @@ def auth_failure(exc: BaseException, settings: Settings) -> Exception:
         )
     if "databricks auth login" in lowered or "refresh token" in lowered or "cannot get access token" in lowered:
         login = f"databricks auth login --profile {profile}" if profile else "databricks auth login --host <workspace-url>"
-        return AuthError(f"the Databricks sign-in has expired or is missing ({text[:200]})", hint=f"run `{login}`")
+        return AuthError(f"the Databricks sign-in has expired or is missing ({text[:400]})", hint=f"run `{login}`")
     if "has no" in lowered and "profile" in lowered or "resolve: " in lowered and "profile" in lowered:
         return ConfigError(f"Databricks profile problem: {text[:300]}", hint="check DATABRICKS_CONFIG_PROFILE / --profile and ~/.databrickscfg")
     return AuthError(f"Databricks authentication failed: {text[:300]}")

@@ -110,3 +110,16 @@ def clients(base_url: str, *, auth: Any = None, timeout: float = 60.0) -> tuple[
 
 
 _KEEP: dict[int, Any] = {}
+
+
+def async_client(settings: Any) -> Any:
+    """A new async client with the workspace's per-request auth, for a caller that owns an event
+    loop (``kb serve``: connections belong to the loop that opened them)."""
+    import openai
+
+    auth = None
+    if settings.llm_configured:
+        from agent.databricks.auth import connect
+
+        auth = connect(settings).auth
+    return openai.DefaultAsyncHttpxClient(auth=auth, timeout=settings.timeout)
