@@ -438,7 +438,9 @@ class DatabricksStub:
         max_embedding_batch: int = 150,
         default_responder: Optional[Callable[[dict], Response]] = None,
         default_embeddings_responder: Optional[Callable[[dict], Response]] = None,
+        ssl_context: Any = None,
     ) -> None:
+        self.ssl_context = ssl_context  # an ssl.SSLContext (server side): serve HTTPS, like a workspace
         self.token = token
         self.endpoints = set(self.DEFAULT_ENDPOINTS if endpoints is None else endpoints)
         self.embedding_endpoints = set(
@@ -480,9 +482,11 @@ class DatabricksStub:
         self._stopping.clear()
         server = _Server(("127.0.0.1", 0), _Handler)
         server.stub = self
+        if self.ssl_context is not None:
+            server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self.port = server.server_address[1]
-        self.host_url = f"http://127.0.0.1:{self.port}"
+        self.host_url = f"{'https' if self.ssl_context is not None else 'http'}://127.0.0.1:{self.port}"
         self.base_url = self.host_url + "/serving-endpoints"
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="databricks-stub", daemon=True
