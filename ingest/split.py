@@ -37,13 +37,16 @@ _LANGUAGE_SEPARATORS = {
     "hcl": [r"\n(?=(?:resource|module|data|variable|output|provider|locals|terraform)\b)", r"\n\n", r"\n", " ", ""],
     "dockerfile": [r"\n(?=FROM\s)", r"\n\n", r"\n", " ", ""],
 }
+# One line only ([ \t], never \s): with \s the modifiers could run over line ends, and a file of
+# "public" lines made every line start retry all the lines after it (quadratic; 8,000 lines: 50 s).
 _DEFINITION = re.compile(
-    r"^[ \t]*(?:export\s+|public\s+|private\s+|protected\s+|static\s+|async\s+|pub\s+)*"
+    r"^[ \t]*(?:export[ \t]+|public[ \t]+|private[ \t]+|protected[ \t]+|static[ \t]+|async[ \t]+|pub[ \t]+)*"
     r"(def|class|function|func|fn|interface|struct|trait|impl|object|module|resource|"
-    r"create\s+(?:or\s+replace\s+)?(?:temporary\s+|temp\s+)?(?:table|view|function|procedure|schema))"
-    r"\s+([\w.`\"\[\]-]+)",
+    r"create[ \t]+(?:or[ \t]+replace[ \t]+)?(?:temporary[ \t]+|temp[ \t]+)?(?:table|view|function|procedure|schema))"
+    r"[ \t]+([\w.`\"\[\]-]+)",
     re.IGNORECASE | re.MULTILINE,
 )
+MAX_SECTION_CHARS = 500  # a section label is metadata stored with every chunk
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ def split_document(document: LoadedDocument, *, chunk_size: int | None = None, o
             "chunk": len(chunks),
             "kind": document.kind,
         }
+        if len(section) > MAX_SECTION_CHARS:  # a 60 KB heading line is content, not a label
+            metadata["section"] = section[: MAX_SECTION_CHARS - 1] + "…"
         if page is not None:
             metadata["page"] = page
         chunks.append(Chunk(text.strip(), metadata))

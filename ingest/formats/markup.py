@@ -1,4 +1,11 @@
-"""Markdown, reStructuredText and plain text."""
+"""Markdown, reStructuredText and plain text.
+
+Every regular expression here runs in linear time on any input (document text is untrusted): each
+pattern is anchored to a line start and has no two quantifiers that can match the same characters,
+so a failed match never retries more than one line. Headings and front-matter titles are matched
+with a simple line pattern and cleaned in Python (``heading_text``) instead of with lazy groups
+followed by optional trailers, which backtracked cubically (``# a`` + 5,000 spaces + ``b``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,37 @@ from pathlib import Path
 from ingest.documents import LoadedDocument, Section, SourceFile
 from ingest.textio import read_text
 
-_H1 = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
+MAX_TITLE_CHARS = 200  # titles and headings are metadata stored with every chunk: a 60 KB "title" is not one
+# "#" to "######", whitespace, then the rest of the line (cleaned by heading_text); never crosses a line
+ATX_HEADING = re.compile(r"^(#{1,6})[^\S\n]+(\S[^\n]*)", re.MULTILINE)
+_H1 = re.compile(r"^#[^\S\n]+(\S[^\n]*)", re.MULTILINE)
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_FRONT_TITLE = re.compile(r"^title:\s*['\"]?(.+?)['\"]?\s*$", re.MULTILINE)
+_FRONT_TITLE = re.compile(r"^title:[^\S\n]*([^\n]*)", re.MULTILINE)
 
 
 def title_from_name(path: Path) -> str:
     return path.stem.replace("-", " ").replace("_", " ").strip().capitalize() or path.name
+
+
+def heading_text(raw: str) -> str:
+    """The text of an ATX heading line after its ``#``s: trimmed, without a closing ``#`` sequence
+    (``Title ##`` -> ``Title``; ``C#`` keeps its ``#``), at most ``MAX_TITLE_CHARS``."""
+    text = raw.strip()
+    bare = text.rstrip("#")
+    if bare != text and bare.strip() and bare[-1].isspace():
+        text = bare.rstrip()
+    return text[:MAX_TITLE_CHARS]
+
+
+def front_matter_title(block: str) -> str:
+    """``title: "Expense policy"`` in a YAML front-matter block, without its quotes."""
+    found = _FRONT_TITLE.search(block)
+    value = found.group(1).strip() if found else ""
+    if value.startswith(("'", '"')):
+        value = value[1:]
+    if value.endswith(("'", '"')):
+        value = value[:-1]
+    return value.strip()[:MAX_TITLE_CHARS]
 
 
 def load_markdown(file: SourceFile, max_bytes: int) -> LoadedDocument:
@@ -22,11 +53,10 @@ def load_markdown(file: SourceFile, max_bytes: int) -> LoadedDocument:
     title = ""
     front = _FRONT_MATTER.match(text)
     if front:  # YAML front matter (Jekyll, Hugo, MkDocs): metadata, not content
-        found = _FRONT_TITLE.search(front.group(1))
-        title = found.group(1).strip() if found else ""
+        title = front_matter_title(front.group(1))
         text = text[front.end():]
     match = _H1.search(text)
-    title = (match.group(1).strip() if match else "") or title or title_from_name(file.path)
+    title = (heading_text(match.group(1)) if match else "") or title or title_from_name(file.path)
     return LoadedDocument(file.source, title, "markdown", [Section(text)])
 
 

@@ -1,6 +1,7 @@
 """Notebooks: Jupyter ``.ipynb`` and Databricks source notebooks (``.py``/``.sql``/``.scala``/``.r``
 exported with ``COMMAND ----------`` separators). One section per cell, labelled with the heading
-path of the markdown cells above it; small cells under the same heading are packed together."""
+path of the markdown cells above it; small cells under the same heading are packed together.
+Headings are found with ``markup.ATX_HEADING``, whose run time is linear on any cell."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import re
 from typing import Any
 
 from ingest.documents import LoadedDocument, Section, SkipFile, SourceFile
-from ingest.formats.markup import title_from_name
+from ingest.formats.markup import ATX_HEADING, heading_text, title_from_name
 from ingest.textio import read_text
 
 MAX_OUTPUT_CHARS = 1000
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
 def load_ipynb(file: SourceFile, max_bytes: int) -> LoadedDocument:
@@ -94,8 +94,8 @@ class _CellBuilder:
         return " > ".join(title for _, title in self.path)
 
     def markdown(self, number: int, source: str, *, title: str = "") -> None:
-        for hashes, heading in _MD_HEADING.findall(source):
-            level = len(hashes)
+        for hashes, raw in ATX_HEADING.findall(source):
+            level, heading = len(hashes), heading_text(raw)
             self.path = [(lvl, text) for lvl, text in self.path if lvl < level] + [(level, heading)]
             if level == 1 and not self.first_heading:
                 self.first_heading = heading
