@@ -521,16 +521,17 @@ def doctor(
     and tracing, in that order; print a fix for each failure. Exit 0 when all pass, 1 otherwise."""
     _use_profile(profile)
     from agent.databricks.doctor import run_doctor
+    from agent.errors import public_message
 
     ok, checks = run_doctor()
     if as_json:
         print(json.dumps({"ok": ok, "checks": [check.to_json() for check in checks]}, indent=2, ensure_ascii=False))
     else:
         marks = {"ok": "[green]ok  [/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
-        for check in checks:
-            out.print(f"{marks[check.status]} {escape(check.name):<20} {escape(check.detail)}")
+        for check in checks:  # details may quote upstream messages: shown literally, secrets masked
+            out.print(f"{marks[check.status]} {markup(check.name):<20} {markup(public_message(check.detail))}")
             if check.status == "fail" and check.fix:
-                out.print(f"     [yellow]fix:[/] {escape(check.fix)}")
+                out.print(f"     [yellow]fix:[/] {markup(public_message(check.fix))}")
     if not ok:
         raise typer.Exit(1)
 

@@ -7,7 +7,8 @@
   (no ``..``, absolute paths, symlinks leading out, or files the index has no record of), in parts of
   at most ``MAX_DOCUMENT_CHARS`` characters;
 - ``list_documents(filter)``: what is indexed, with titles;
-- ``calculate(expression)``: arithmetic through ``ast`` (never ``eval``), with bounded sizes.
+- ``calculate(expression)``: arithmetic through ``ast`` (never ``eval``), every operation bounded, run in a
+  worker process under a time limit (``agent.calculator``).
 
 Everything a document says reaches the model escaped and delimited (``agent.prompts``). Passages
 and documents are numbered across a whole conversation by a ``SourceRegistry`` so ``[n]`` in the
@@ -18,9 +19,6 @@ as the tool result and can correct itself.
 
 from __future__ import annotations
 
-import ast
-import math
-import operator
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -35,6 +33,14 @@ from langchain_core.tools import BaseTool, ToolException, tool
 from langgraph.prebuilt import ToolRuntime
 from pydantic import Field
 
+from agent.calculator import (  # noqa: F401 - the bounded evaluator and its worker; re-exported here
+    MAX_EXPRESSION_CHARS,
+    MAX_RESULT_DIGITS,
+    CalculationError,
+    calculate_expression,
+    format_number,
+)
+from agent.calculator import calculate as calculate_in_worker
 from agent.prompts import (
     TOOL_DESCRIPTIONS,
     format_document,
@@ -198,105 +204,6 @@ def resolve_document(kb: KnowledgeBase, source: str) -> tuple[dict[str, Any], Pa
     return record, real
 
 
-# ---------------------------------------------------------------- calculate
-
-_BINARY = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCTIONS = {"abs": abs, "round": round, "min": min, "max": max, "sqrt": math.sqrt}
-MAX_EXPRESSION_CHARS = 300
-MAX_RESULT_DIGITS = 300
-
-
-class CalculationError(ValueError):
-    pass
-
-
-def calculate_expression(expression: str) -> int | float:
-    """Evaluate arithmetic safely: the ``ast`` is walked, only numbers, operators and a few functions
-    are allowed, and powers or products that would exceed ``MAX_RESULT_DIGITS`` digits are refused."""
-    text = (expression or "").strip()
-    if not text:
-        raise CalculationError("empty expression")
-    if len(text) > MAX_EXPRESSION_CHARS:
-        raise CalculationError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        raise CalculationError("not an arithmetic expression") from None
-    return _check_size(_evaluate(tree.body))
-
-
-def _check_size(value: Any) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CalculationError("the result is not a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CalculationError("the result is not finite")
-    if isinstance(value, int) and value.bit_length() > MAX_RESULT_DIGITS * 3.33:
-        raise CalculationError(f"the result has more than {MAX_RESULT_DIGITS} digits")
-    return value
-
-
-def _evaluate(node: ast.AST) -> int | float:
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise CalculationError(f"only numbers are allowed, not {node.value!r}")
-        return _check_size(node.value)
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _check_size(_UNARY[type(node.op)](_evaluate(node.operand)))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow):
-            _check_power(left, right)
-        try:
-            return _check_size(_BINARY[type(node.op)](left, right))
-        except ZeroDivisionError:
-            raise CalculationError("division by zero") from None
-        except OverflowError:
-            raise CalculationError("the result is too large") from None
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
-        raise CalculationError("'^' is not a power here; use ** (for example 2 ** 10)")
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS:
-        if node.keywords or not node.args or len(node.args) > 8:
-            raise CalculationError(f"{node.func.id}() takes 1 to 8 positional numbers")
-        args = [_evaluate(a) for a in node.args]
-        try:
-            if node.func.id == "round":
-                if len(args) > 2 or (len(args) == 2 and not isinstance(args[1], int)):
-                    raise CalculationError("round() takes a number and a whole number of digits")
-                return _check_size(round(args[0], *args[1:]))
-            return _check_size(_FUNCTIONS[node.func.id](*args))
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, CalculationError):
-                raise
-            raise CalculationError(f"{node.func.id}(): {exc}") from None
-    if isinstance(node, ast.Tuple):
-        raise CalculationError("write numbers without thousands separators (1200, not 1,200)")
-    raise CalculationError(f"'{type(node).__name__}' is not allowed; use numbers, + - * / // % ** and ( )")
-
-
-def _check_power(base: int | float, exponent: int | float) -> None:
-    if abs(exponent) > 10_000:
-        raise CalculationError("the exponent is too large")
-    if abs(base) > 1 and abs(exponent) * math.log10(abs(base)) > MAX_RESULT_DIGITS:
-        raise CalculationError(f"the result would have more than {MAX_RESULT_DIGITS} digits")
-
-
-def format_number(value: int | float) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if isinstance(value, float):
-        return f"{value:.12g}"
-    return str(value)
-
-
 # ---------------------------------------------------------------- the tools
 
 
@@ -401,7 +308,7 @@ def build_tools(kb: KnowledgeBase) -> list[BaseTool]:
         expression: Annotated[str, Field(description="The arithmetic expression, e.g. (23 - 4) * 1.5")],
     ) -> tuple[str, dict[str, Any]]:
         try:
-            value = format_number(calculate_expression(expression))
+            value = format_number(calculate_in_worker(expression))
         except CalculationError as exc:
             raise ToolException(f"error: {exc}") from None
         return _summary(value, [], f"{expression.strip()} = {value}")

@@ -130,7 +130,7 @@ def describe_remote_failure(exc: BaseException, *, what: str, endpoint: str, bas
         if status in (401, 403):
             return AuthError(
                 f"Databricks rejected the token ({status}{tail})",
-                hint="set DATABRICKS_TOKEN to a valid personal access token with access to the endpoint",
+                hint="check the credentials (a valid DATABRICKS_TOKEN, or the profile or OAuth client; `kb doctor` shows which resolved)",
             )
         if status == 404:
             return EndpointNotFoundError(

@@ -30,6 +30,11 @@ SECRET = "sp-secret-CANARY-7c1e9d"
 CLIENT = "5f0c1d2e-0000-4000-8000-00000000c11e"
 
 
+@pytest.fixture(autouse=True)
+def _plain_answers(stub_server: DatabricksStub) -> None:
+    stub_server.default_responder = lambda body: Reply("Stub answer.")  # whatever an earlier test left
+
+
 def kb(*args: str):
     result = runner.invoke(app, list(args), catch_exceptions=False)
     text = result.stdout + result.stderr
@@ -47,6 +52,7 @@ def _no_oauth_token_in(text: str, stub: DatabricksStub) -> None:
 def m2m(env: Path, stub_server: DatabricksStub, monkeypatch: pytest.MonkeyPatch) -> DatabricksStub:
     """A service principal (what Databricks Apps inject): host + client id/secret, no token."""
     stub_server.reset()
+    stub_server.default_responder = lambda body: Reply("Stub answer.")  # whatever an earlier test left
     stub_server.add_oauth_client(CLIENT, SECRET)
     monkeypatch.setenv("DATABRICKS_HOST", stub_server.host_url)
     monkeypatch.setenv("DATABRICKS_CLIENT_ID", CLIENT)

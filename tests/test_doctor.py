@@ -10,10 +10,15 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from tests.conftest import CANARY
-from tests.databricks_stub import DatabricksStub
+from tests.databricks_stub import DatabricksStub, Reply
 from tests.test_databricks_auth import _fake_cli
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _plain_answers(stub_server: DatabricksStub) -> None:
+    stub_server.default_responder = lambda body: Reply("Stub answer.")  # whatever an earlier test left
 
 
 def doctor(*args: str) -> tuple[int, dict]:

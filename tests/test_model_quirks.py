@@ -20,6 +20,11 @@ SEARCH = {"name": "search_knowledge", "arguments": {"query": "vacation days", "k
 CALC = {"name": "calculate", "arguments": {"expression": "23 * 8"}, "id": "call_c"}
 
 
+@pytest.fixture(autouse=True)
+def _plain_answers(stub_server: DatabricksStub) -> None:
+    stub_server.default_responder = lambda body: Reply("Stub answer.")  # whatever an earlier test left
+
+
 def kb(*args: str):
     result = runner.invoke(app, list(args), catch_exceptions=False)
     assert "Traceback" not in result.stdout + result.stderr and CANARY not in result.stdout + result.stderr
