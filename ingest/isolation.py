@@ -166,7 +166,10 @@ class ParseWorker:
             self._child = None
             raise SkipFile(f"parsing took longer than {self.limits.timeout:g} s (KB_PARSE_TIMEOUT); stopped") from None
         except (_Died, OSError):
-            code = child.poll()
+            try:  # its pipe closed as it died: give the kernel a moment to report how
+                code = child.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
             self._kill(child)
             self._child = None
             why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
