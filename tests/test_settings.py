@@ -62,3 +62,17 @@ def test_invalid_values_name_the_variable(env: Path, monkeypatch: pytest.MonkeyP
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("host", ["http://[::1", "https://adb-1.net:99999", "ftp://adb-1.net"])
+def test_a_malformed_databricks_host_is_one_line(env, monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("DATABRICKS_HOST", host)
+    with pytest.raises(ConfigError, match=r"^invalid DATABRICKS_HOST: "):
+        load_settings()
+
+
+def test_env_names_are_derived_from_the_fields() -> None:
+    from agent.settings import ENV_NAMES, Settings
+
+    assert set(ENV_NAMES) == set(Settings.model_fields)
+    assert ENV_NAMES["databricks_client_secret"] == "DATABRICKS_CLIENT_SECRET" and ENV_NAMES["base_url"] == "base_url"
