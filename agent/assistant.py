@@ -3,18 +3,20 @@ Databricks-served chat model, with the knowledge-base tools of ``agent.tools``.
 
     from agent.assistant import build_assistant, run_assistant
     assistant = build_assistant()                  # settings from the environment / .env
-    result = run_assistant(assistant, "Compare the PTO and sick-leave rules")
-    result["answer"], result["sources"]            # text with [n] citations, [{"n", "source", "title"}]
+    answer = run_assistant(assistant, "Compare the PTO and sick-leave rules")
+    answer.text, answer.sources, answer.steps      # text with [n] citations, [{"n", "source", "title"}], tool calls
 
 ``build_assistant`` returns the compiled LangGraph graph (a Runnable: ``invoke``/``stream`` with
 ``{"messages": [...]}``), its step limit set as ``recursion_limit`` from ``KB_AGENT_MAX_STEPS``.
 ``run_assistant`` runs it once, reports tool calls, results and answer tokens as they happen, and
-returns the answer with its cited sources, the steps, usage, and whether the step limit stopped it.
+returns an ``Answer`` (``agent.rag.answer``, the shape every surface gets) with the cited sources,
+the steps, usage, and whether the step limit stopped it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +35,8 @@ from langchain_core.messages import (
 
 from agent.history import fit_history, is_context_overflow
 from agent.prompts import AGENT_SYSTEM, CALLER_INSTRUCTIONS, STEP_LIMIT_MESSAGE
+from agent.rag.answer import Answer
+from agent.rag.failures import translate_failures
 from agent.settings import Settings, load_settings
 from agent.tools import AssistantContext, KnowledgeBase, SourceRegistry, build_tools, public_ref
 
@@ -180,9 +184,10 @@ def run_assistant(
     thread_id: str | None = None,
     endpoint: str | None = None,
     base_url: str | None = None,
-) -> dict[str, Any]:
-    """Run the assistant once and return
-    ``{"answer", "sources": [{"n", "source", "title"}], "steps": [...], "usage": {...}, "stopped", "message", "consulted"}``.
+) -> Answer:
+    """Run the assistant once and return its ``Answer`` (``agent.rag.answer``): ``text``, ``sources``
+    (the passages/documents the answer cites), ``steps``, ``usage``, ``consulted`` (all that the
+    tools returned), and ``stopped``/``message`` when the step limit ended it.
 
     - ``messages``: a task string, or OpenAI-style ``[{"role": "user"|"assistant"|"system", "content": ...}]``
       (or LangChain messages). With a checkpointer, pass only the new message(s) and a ``thread_id``
@@ -191,16 +196,15 @@ def run_assistant(
       ``{"type": "tool_call", "id", "name", "args"}``, ``{"type": "tool_result", "id", "name", "summary",
       "error"}``, and ``{"type": "stopped", "message"}`` when the step limit ends the run.
     - ``steps``: one entry per tool call: ``{"id", "tool", "args", "summary", "error"}``.
-    - ``stopped`` is ``"step_limit"`` (with ``answer == ""`` and a one-line ``message``) or ``None``.
-    - ``sources`` are the passages/documents the answer cites; ``consulted`` all that the tools returned.
+    - ``stopped`` is ``"step_limit"`` (with ``text == ""`` and a one-line ``message``) or ``None``.
     - Remote failures raise the project's ``RemoteError`` family (``StreamInterruptedError`` keeps the
-      partial text), exactly like ``agent.answer.run_answer``.
+      partial text), through the same ``translate_failures`` as the answer service.
     """
     from langgraph.errors import GraphRecursionError
 
-    from agent.errors import chat_failure
     from agent.tokens import collect_usage
 
+    started = time.perf_counter()
     new_messages = _as_messages(messages)
     metadata = (getattr(assistant, "config", None) or {}).get("metadata") or {}
     endpoint = endpoint or metadata.get("kb_endpoint") or "?"
@@ -217,42 +221,41 @@ def run_assistant(
     run = _Run(emit)
     stopped = None
     try:
-        with collect_usage() as usage:  # "unknown" unless every model call reported usage
-            for mode, data in assistant.stream(
-                {"messages": new_messages},
-                config or None,
-                context=AssistantContext(registry=registry),
-                stream_mode=["messages", "updates"],
-            ):
-                if mode == "messages":
-                    run.on_chunk(*data)
-                else:
-                    run.on_update(data)
+        with translate_failures(partial=lambda: run.text, endpoint=endpoint, base_url=base_url):
+            with collect_usage() as usage:  # "unknown" unless every model call reported usage
+                for mode, data in assistant.stream(
+                    {"messages": new_messages},
+                    config or None,
+                    context=AssistantContext(registry=registry),
+                    stream_mode=["messages", "updates"],
+                ):
+                    if mode == "messages":
+                        run.on_chunk(*data)
+                    else:
+                        run.on_update(data)
     except GraphRecursionError:
         stopped = "step_limit"
-    except Exception as exc:
-        error = chat_failure(exc, partial=run.text, endpoint=endpoint, base_url=base_url)
-        if error is exc:
-            raise
-        raise error from None
 
     message = None
-    answer = run.answer
+    text = run.answer
     if stopped:
         message = STEP_LIMIT_MESSAGE.format(steps=max_steps_of(assistant))
-        answer = ""
+        text = ""
         emit({"type": "stopped", "reason": stopped, "message": message})
         if thread_id and getattr(assistant, "checkpointer", None):
             _close_dangling_calls(assistant, config, list(assistant.get_state(config).values.get("messages", [])), note=True)
-    return {
-        "answer": answer,
-        "sources": registry.cited(answer),
-        "steps": run.steps,
-        "usage": usage.totals(),
-        "stopped": stopped,
-        "message": message,
-        "consulted": [public_ref(ref) for ref in registry.all()],
-    }
+    question = next((m.text for m in reversed(new_messages) if isinstance(m, HumanMessage)), "")
+    return Answer(
+        question=question,
+        text=text,
+        sources=registry.cited(text),
+        steps=run.steps,
+        usage=usage.totals(),
+        stopped=stopped,
+        message=message,
+        consulted=[public_ref(ref) for ref in registry.all()],
+        timing={"total": time.perf_counter() - started},
+    )
 
 
 class _Run:

@@ -126,9 +126,9 @@ def ingest(
     _use_profile(profile)
     from agent.errors import IngestError
     from agent.retrieval import build_embeddings
-    from ingest.isolation import ParseLimits
-    from ingest.records import check_index_dir
-    from ingest.sync import ingest as run_ingest
+    from ingest.store.folder import check_index_dir
+    from ingest.sync.isolation import ParseLimits
+    from ingest.sync.job import ingest as run_ingest
 
     settings = _settings()
     check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
@@ -286,12 +286,10 @@ def ask(
 ) -> None:
     """Answer QUESTION from the indexed documents with numbered citations, streamed."""
     _use_profile(profile)
-    from langchain_core.runnables import RunnableLambda
-
-    from agent.answer import run_answer
-    from agent.chain import build_rag_chain
     from agent.errors import StreamInterruptedError, public_message
-    from agent.retrieval import build_retriever, explain_json, refusal, search_json
+    from agent.rag.answer import Answer
+    from agent.rag.service import AnswerService
+    from agent.retrieval import build_retriever, search_json
     from agent.tokens import UNKNOWN
 
     settings = _settings()
@@ -310,59 +308,43 @@ def ask(
             _print_explain(documents, explain)
         return
 
-    documents = retriever.invoke(question)
-    if not as_json:
-        _print_explain(documents, explain)
-    declined = refusal(settings, documents)
-    if declined:  # nothing relevant enough: say so instead of letting the model guess
-        _print_refusal(question, declined, documents, as_json, explain)
-        return
-    chain = build_rag_chain(settings, retriever=RunnableLambda(lambda _question: documents))
-    on_token = None if as_json else _write
+    service = AnswerService.from_settings(settings, command="ask", retriever=retriever)
+    result: Any = None
     try:
-        result = run_answer(
-            chain, question, on_token=on_token, endpoint=settings.chat_endpoint, base_url=settings.serving_base_url
-        )
+        for kind, value in service.stream(question):
+            if as_json:
+                result = value if kind == "done" else result
+            elif kind == "passages":
+                _print_explain(value, explain)
+            elif kind == "token":
+                _write(value)
+            elif kind == "done":
+                result = value
     except StreamInterruptedError as exc:
         if not as_json:
             _write("\n")
         else:
-            print(json.dumps({"question": question, "answer": exc.partial, "partial": True,
-                              "error": public_message(exc)}, indent=2))
+            print(json.dumps(Answer.interrupted(question, exc).to_json(), indent=2, ensure_ascii=False))
         err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)} (the answer above is incomplete)")
         raise typer.Exit(exc.exit_code) from None
     if as_json:
-        data = result.to_json()
-        if explain:
-            for item, document in zip(data["passages"], result.passages):
-                item["explain"] = explain_json(document)
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json.dumps(result.to_json(explain=explain), indent=2, ensure_ascii=False))
         return
     _write("\n")
-    sources = result.sources
-    if sources:
+    if result.refused:  # nothing relevant enough: it said so instead of letting the model guess
+        closest = ", ".join(f"{d.metadata.get('source')} ({d.metadata.get('dense_score') or 0:.2f})"
+                            for d in result.passages[:3])
+        if closest:
+            out.print(f"[dim]closest passages: {markup(closest, line=True)}[/]")
+        return
+    if result.sources:
         out.print("\n[bold]Sources[/]")
-        for item in sources:
+        for item in result.sources:
             where = item.get("section") or (f"page {item['page']}" if item.get("page") else "")
             line = f"  [{item['n']}] {item['source'] or '?'} · {item.get('title') or ''}" + (f" · {where}" if where else "")
             out.print(literal(line))
     else:
         out.print("\n[dim](the answer cites no passage)[/]")
-
-
-def _print_refusal(question: str, text: str, documents: list[Any], as_json: bool, explain: bool) -> None:
-    from agent.retrieval import search_json
-    from agent.tokens import UNKNOWN  # no model call: counts unknown, same shape as an answer's usage
-
-    if as_json:
-        passages = search_json(question, documents, explain=explain)["results"]
-        print(json.dumps({"question": question, "answer": text, "refused": True, "sources": [], "usage": dict(UNKNOWN),
-                          "passages": passages}, indent=2, ensure_ascii=False))
-        return
-    out.print(markup(text))
-    closest = ", ".join(f"{d.metadata.get('source')} ({d.metadata.get('dense_score') or 0:.2f})" for d in documents[:3])
-    if closest:
-        out.print(f"[dim]closest passages: {markup(closest, line=True)}[/]")
 
 
 def _write(text: str) -> None:

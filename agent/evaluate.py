@@ -26,6 +26,7 @@ from typing import Any
 
 from agent.errors import KbError, UsageError
 from agent.metrics import METRICS, canonical_metric, mean_metrics, question_metrics
+from ingest.store.base import indexed_sources
 
 ANSWER_METRICS = ("correct", "answer_score", "grounded", "declined")
 EVAL_K = 10
@@ -240,17 +241,6 @@ def unknown_sources(questions: Sequence[GoldQuestion], indexed: set[str]) -> lis
     return sorted({s for q in questions for s in q.sources if s not in indexed})
 
 
-def indexed_sources(collection: Any) -> set[str]:
-    sources: set[str] = set()
-    offset = 0
-    while True:
-        page = collection.get(include=["metadatas"], limit=5000, offset=offset)
-        sources.update(str((m or {}).get("source")) for m in page["metadatas"] or [])
-        if len(page["ids"]) < 5000:
-            return sources
-        offset += 5000
-
-
 def targets(results: dict[str, ModeResult]) -> list[dict[str, Any]]:
     """The issue's targets: hybrid at least as good as the better single mode on nDCG@10 and hit@5,
     and hybrid hit@5 >= 0.9 on answerable questions. Empty unless all three modes ran."""
@@ -319,59 +309,47 @@ def evaluate_answers(
     judge: Any = None,
     on_question: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Answer every question as ``kb ask`` would (same retrieval, refusal and prompt) and grade it."""
+    """Answer every question through the answer service, as ``kb ask`` does (same retrieval, refusal
+    and prompt), and grade it. ``usage`` counts every model call: the answers and the judge's."""
     from langchain_core.output_parsers import StrOutputParser
-    from langchain_core.runnables import RunnableLambda
 
-    from agent.chain import build_rag_chain, cited_numbers, cited_sources
-    from agent.errors import describe_remote_failure, is_remote_failure
     from agent.llm import build_llm
-    from agent.prompts import (
-        JUDGE_ANSWER_PROMPT,
-        JUDGE_DECLINE_PROMPT,
-        NOT_COVERED,
-        escape_untrusted,
-        format_passages,
-    )
-    from agent.retrieval import best_relevance, build_retriever, is_relevant, min_relevance
+    from agent.prompts import JUDGE_ANSWER_PROMPT, JUDGE_DECLINE_PROMPT, escape_untrusted, format_passages
+    from agent.rag.failures import translate_failures
+    from agent.rag.service import AnswerService
+    from agent.retrieval import min_relevance
     from agent.tokens import collect_usage
 
-    retriever = retriever or build_retriever(settings, command="eval", mode=mode)
-    llm = llm or build_llm(settings, command="eval", usage_extra={"eval_step": "answer"})
+    service = AnswerService.from_settings(
+        settings, command="eval", llm=llm, retriever=retriever, mode=mode, usage_extra={"eval_step": "answer"}
+    )
     judge = judge or build_llm(settings, command="eval", usage_extra={"eval_step": "judge"})
     grade_answer = JUDGE_ANSWER_PROMPT | judge | StrOutputParser()
     grade_decline = JUDGE_DECLINE_PROMPT | judge | StrOutputParser()
-    floor = min_relevance(settings)
     rows: list[dict[str, Any]] = []
-    try:
-        with collect_usage() as usage:  # answers and judging; "unknown" unless every call reported usage
-            for done, q in enumerate(questions, 1):
-                documents = retriever.invoke(q.question, mode=mode)
-                row: dict[str, Any] = {"id": q.id, "question": q.question, "sources": list(q.sources)}
-                if not is_relevant(documents, floor):
-                    best = best_relevance(documents) or 0.0
-                    row.update(answer=NOT_COVERED.format(best=best, floor=floor), refused=True, cited=[])
-                else:
-                    fixed = RunnableLambda(lambda _question, docs=documents: docs)
-                    out = build_rag_chain(settings, llm=llm, retriever=fixed).invoke({"question": q.question})
-                    row.update(answer=out["answer"], refused=False, cited=cited_sources(out["answer"], documents))
-                answer_text = escape_untrusted(row["answer"])
+    with collect_usage() as usage:  # answers and judging; "unknown" unless every call reported usage
+        for done, q in enumerate(questions, 1):
+            answer = service.run(q.question, mode=mode)
+            row: dict[str, Any] = {"id": q.id, "question": q.question, "sources": list(q.sources),
+                                   "answer": answer.text, "refused": answer.refused, "cited": answer.sources}
+            answer_text = escape_untrusted(answer.text)
+            with translate_failures(endpoint=settings.chat_endpoint, base_url=settings.serving_base_url):
                 if q.answerable:
-                    if row["refused"]:
+                    if answer.refused:
                         row.update(verdict="wrong", grounded=None, declined=True, reason="refused: below the relevance floor")
                     else:
                         reply = grade_answer.invoke(
                             {
                                 "question": escape_untrusted(q.question),
                                 "reference": escape_untrusted(q.answer or "(none given)"),
-                                "passages": format_passages(documents),
+                                "passages": format_passages(answer.passages),
                                 "answer": answer_text,
                             }
                         )
                         judged = parse_judgement(reply) or {}
                         declined = bool(_flag(judged.get("declined")))
                         grounded = _flag(judged.get("grounded"))
-                        if not cited_numbers(row["answer"]) and not declined:
+                        if not answer.citations and not declined:
                             grounded = False  # nothing cited: nothing can ground it
                         row.update(
                             verdict=_verdict(judged.get("verdict")) or "unjudged",
@@ -380,7 +358,7 @@ def evaluate_answers(
                             reason=str(judged.get("reason") or ("judge reply was not JSON" if not judged else "")),
                         )
                 else:
-                    if row["refused"]:
+                    if answer.refused:
                         row.update(declined=True, reason="refused: below the relevance floor")
                     else:
                         reply = grade_decline.invoke({"question": escape_untrusted(q.question), "answer": answer_text})
@@ -391,19 +369,12 @@ def evaluate_answers(
                             unjudged=declined is None,
                             reason=str(judged.get("reason") or ("judge reply was not JSON" if not judged else "")),
                         )
-                rows.append(row)
-                if on_question:
-                    on_question(done, len(questions))
-            tokens = usage.totals()
-    except KbError:
-        raise
-    except Exception as exc:
-        if not is_remote_failure(exc):
-            raise
-        raise describe_remote_failure(
-            exc, what="chat", endpoint=settings.chat_endpoint, base_url=settings.serving_base_url
-        ) from None
-    return {"mode": mode, "floor": floor, "metrics": answer_metrics(rows), "usage": tokens, "questions": rows}
+            rows.append(row)
+            if on_question:
+                on_question(done, len(questions))
+        tokens = usage.totals()
+    return {"mode": mode, "floor": min_relevance(settings), "metrics": answer_metrics(rows), "usage": tokens,
+            "questions": rows}
 
 
 def answer_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -526,7 +497,7 @@ def run_eval(
 
     primary = primary_mode(modes, settings.search_mode)
     retriever = build_retriever(settings, k=EVAL_K, command="eval", mode=primary)
-    unknown = unknown_sources(questions, indexed_sources(retriever.store._collection))
+    unknown = unknown_sources(questions, indexed_sources(retriever.store))
     results = evaluate_retrieval(retriever, questions, modes, top_k=settings.top_k, on_question=on_question)
     relevance = relevance_summary(results[primary], min_relevance(settings))
     answer_report = None

@@ -15,6 +15,11 @@ recording a call costs well under a millisecond: opening and closing per row mad
 the WAL on every close. ``synchronous=NORMAL`` (SQLite's advice for WAL): a power cut may lose the
 last rows, never corrupt the file.
 
+The schema is versioned (``PRAGMA user_version``) by numbered steps in ``MIGRATIONS``, applied in
+order when a writer opens the file: a ledger from an earlier kb (including one written before
+versioning, version 0) is upgraded in place with its rows; one from a later kb is never written to
+(one warning) and ``kb usage`` refuses it with one line.
+
 Chat models get a ``CallRecorder`` (a LangChain callback handler) from ``agent.llm.build_llm``;
 Databricks embeddings get ``embeddings_recorder`` as their ``on_call`` hook. Both also log one INFO
 line per call (``kb --verbose``), as structured fields with ``--log-json``.
@@ -47,30 +52,85 @@ log = logging.getLogger("kb.usage")
 
 FILENAME = "usage.sqlite"
 OFF = ("off", "none", "false", "0", "disabled")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    command TEXT NOT NULL,
-    caller TEXT,
-    usage_context TEXT NOT NULL,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    latency_ms REAL NOT NULL,
-    first_token_ms REAL,
-    status TEXT NOT NULL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
-"""
+
+def _create_calls(connection: sqlite3.Connection) -> None:
+    """Version 1: the ``calls`` table and its ``ts`` index (``IF NOT EXISTS``: a ledger written before
+    versioning, at user_version 0, already has exactly this schema and is adopted as it is)."""
+    connection.execute(
+        """CREATE TABLE IF NOT EXISTS calls (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            command TEXT NOT NULL,
+            caller TEXT,
+            usage_context TEXT NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms REAL NOT NULL,
+            first_token_ms REAL,
+            status TEXT NOT NULL,
+            error TEXT
+        )"""
+    )
+    connection.execute("CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts)")
+
+
+# The schema's history, oldest first: step ``n`` (1-based) takes a ledger from version ``n - 1`` to
+# ``n``; the version is SQLite's ``PRAGMA user_version``. Only ever append a step (never edit one that
+# shipped): a ledger written by any earlier kb then opens in this one, and one written by a later kb
+# (a version beyond this list) is refused instead of written to.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_calls,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
 COLUMNS = (
     "ts", "kind", "endpoint", "command", "caller", "usage_context", "prompt_tokens",
     "completion_tokens", "latency_ms", "first_token_ms", "status", "error",
 )
 _INSERT = f"INSERT INTO calls ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _INHERITED: list[sqlite3.Connection] = []  # connections a forked child got from its parent: never touched
+
+
+class LedgerVersionError(KbError):
+    """The ledger was written by a newer kb (a schema version this one does not know)."""
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _too_new(path: Path, version: int) -> LedgerVersionError:
+    return LedgerVersionError(
+        f"the usage ledger {path} was written by a newer kb (schema version {version}; this kb knows up to "
+        f"{SCHEMA_VERSION})",
+        hint="upgrade kb, or point KB_USAGE_LEDGER at another file",
+    )
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> int:
+    """Bring the ledger behind ``connection`` (autocommit mode) to ``SCHEMA_VERSION``; its version.
+
+    Steps run in one ``BEGIN IMMEDIATE`` transaction with the version bump, so concurrent writers
+    migrate once and a failed step leaves the file as it was. A newer ledger is never touched.
+    """
+    version = schema_version(connection)
+    if version == SCHEMA_VERSION:
+        return version
+    if version > SCHEMA_VERSION:
+        raise _too_new(path, version)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(connection)  # another process may have migrated meanwhile
+        if version > SCHEMA_VERSION:
+            raise _too_new(path, version)
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[number - 1](connection)
+            connection.execute(f"PRAGMA user_version = {number:d}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return SCHEMA_VERSION
 
 
 def iso_utc(moment: float | datetime) -> str:
@@ -111,9 +171,11 @@ class Ledger:
         connection = sqlite3.connect(self.path, timeout=15, isolation_level=None, check_same_thread=False)
         try:
             connection.execute("PRAGMA busy_timeout = 15000")
+            if (version := schema_version(connection)) > SCHEMA_VERSION:
+                raise _too_new(self.path, version)  # before anything writes to it (even the journal mode)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
-            connection.executescript(SCHEMA)
+            migrate(connection, self.path)
             stat = os.stat(self.path)
         except BaseException:
             connection.close()
@@ -149,6 +211,11 @@ class Ledger:
                     self._close()  # start afresh next time
                     raise
             return True
+        except LedgerVersionError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("%s; model calls are not being recorded", exc)
+            return False
         except (sqlite3.Error, OSError) as exc:
             if not self._warned:
                 self._warned = True
@@ -163,11 +230,15 @@ class Ledger:
             connection = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True, timeout=15)
             connection.row_factory = sqlite3.Row
             try:
+                version = schema_version(connection)
+                if version > SCHEMA_VERSION:
+                    raise _too_new(self.path, version)
                 if since is None:
                     cursor = connection.execute("SELECT * FROM calls ORDER BY ts, id")
                 else:
                     cursor = connection.execute("SELECT * FROM calls WHERE ts >= ? ORDER BY ts, id", (iso_utc(since),))
-                return [dict(row) for row in cursor]
+                # an older ledger lacks the columns later steps add: they read as NULL
+                return [dict.fromkeys(COLUMNS) | dict(row) for row in cursor]
             finally:
                 connection.close()
         except sqlite3.Error as exc:
@@ -346,7 +417,7 @@ def chat_recorder(settings: Settings, *, endpoint: str, command: str, usage_cont
 def embeddings_recorder(
     settings: Settings, *, endpoint: str, command: str, usage_context: Mapping[str, str]
 ) -> Callable[[dict[str, Any]], None]:
-    """The ``on_call`` hook for ``ingest.embeddings.DatabricksEmbeddings``: one row per request.
+    """The ``on_call`` hook for ``ingest.embeddings.databricks.DatabricksEmbeddings``: one row per request.
 
     The hook receives ``{"started", "latency_ms", "inputs", "prompt_tokens", "status", "error"}``.
     """

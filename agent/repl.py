@@ -16,6 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
+from agent.errors import KbError, StreamInterruptedError, public_message
+from agent.rag.answer import Answer
 from agent.terminal import clean, literal
 from agent.terminal import markup as escape  # untrusted text: markup escaped, control sequences dropped
 
@@ -60,9 +62,7 @@ class Terminal:
         self.err.print(markup)
 
     def error(self, exc: BaseException | str) -> None:
-        from agent.errors import public_message  # secrets masked, even when an upstream body echoed one
-
-        self.end_line()
+        self.end_line()  # public_message: secrets masked, even when an upstream body echoed one
         self.err.print(f"[bold red]error:[/] {escape(public_message(exc), line=True)}")
 
 
@@ -112,29 +112,26 @@ def agent_event_printer(term: Terminal) -> Callable[[dict[str, Any]], None]:
 def run_agent_task(settings: Any, task: str, *, as_json: bool, term: Terminal) -> int:
     """``kb agent TASK``: the exit code (0, or 1 when the step limit stopped it)."""
     from agent.assistant import build_assistant, run_assistant
-    from agent.errors import StreamInterruptedError
 
     assistant = build_assistant(settings)
     on_event = None if as_json else agent_event_printer(term)
     try:
-        result = run_assistant(
+        answer = run_assistant(
             assistant, task, on_event, endpoint=settings.chat_endpoint, base_url=settings.serving_base_url
         )
     except StreamInterruptedError as exc:
-        from agent.errors import public_message
-
         if as_json:
-            print(json.dumps({"task": task, "answer": exc.partial, "partial": True, "error": public_message(exc)}, indent=2))
+            print(json.dumps({"task": task, **Answer.interrupted(task, exc).to_json()}, indent=2, ensure_ascii=False))
         term.error(f"{exc} (the answer above is incomplete)" if not as_json else exc)
         return exc.exit_code
     if as_json:
-        print(json.dumps({"task": task, **result}, indent=2, ensure_ascii=False))
+        print(json.dumps({"task": task, **answer.to_json()}, indent=2, ensure_ascii=False))
     else:
         term.end_line()
-        if not result["stopped"]:
-            print_sources(term, result["sources"])
-    if result["stopped"]:
-        term.error(result["message"])
+        if not answer.stopped:
+            print_sources(term, answer.sources)
+    if answer.stopped:
+        term.error(answer.message or answer.stopped)
         return 1
     return 0
 
@@ -142,8 +139,21 @@ def run_agent_task(settings: Any, task: str, *, as_json: bool, term: Terminal) -
 # ---------------------------------------------------------------- kb chat (REPL)
 
 
+def chat_event_printer(term: Terminal) -> Callable[[tuple[str, Any]], None]:
+    """Show a chat turn as it happens: the rewritten search query to stderr, tokens to stdout."""
+
+    def on_event(event: tuple[str, Any]) -> None:
+        kind, value = event
+        if kind == "rewrite":
+            term.note(f"[dim]↳ searching for: {escape(value, line=True)}[/]")
+        elif kind == "token":
+            term.write(value)
+
+    return on_event
+
+
 class ChatSession:
-    """The plain retrieval chat (``kb chat``): one graph, one thread."""
+    """The plain retrieval chat (``kb chat``): the answer service and one stored conversation."""
 
     mode = "chat"
 
@@ -152,27 +162,24 @@ class ChatSession:
 
         self.settings = settings
         self.thread_id = thread_id
-        self.graph = build_chat(settings, checkpointer=checkpointer, retriever=retriever)
-        self.last: Any = None
+        self.chat = build_chat(settings, checkpointer=checkpointer, retriever=retriever)
+        self.last: Answer | None = None
 
     def earlier_turns(self) -> int:
-        from agent.conversation import history_of, last_turn
         from langchain_core.messages import HumanMessage
 
-        self.last = last_turn(self.graph, self.thread_id)
-        return sum(isinstance(m, HumanMessage) for m in history_of(self.graph, self.thread_id))
+        self.last = self.chat.memory.last(self.thread_id)
+        return sum(isinstance(m, HumanMessage) for m in self.chat.memory.messages(self.thread_id))
 
     def ask(self, question: str, term: Terminal) -> None:
         from agent.conversation import run_chat_turn
 
-        turn = run_chat_turn(
-            self.graph, question, thread_id=self.thread_id,
-            on_rewrite=lambda q: term.note(f"[dim]↳ searching for: {escape(q, line=True)}[/]"),
-            on_token=term.write,
-            endpoint=self.settings.chat_endpoint, base_url=self.settings.serving_base_url,
-        )
-        self.last = turn
-        print_sources(term, turn.sources)
+        answer = run_chat_turn(self.chat, question, thread_id=self.thread_id, on_event=chat_event_printer(term))
+        self.last = answer
+        if answer.refused:
+            term.end_line()
+            return
+        print_sources(term, answer.sources)
 
     def show_sources(self, term: Terminal) -> None:
         if self.last is None:
@@ -189,9 +196,7 @@ class ChatSession:
             term.out.print(literal(f"  [{n}] {meta.get('source')} · {meta.get('title') or ''}{score_text}"))
 
     def reset(self) -> None:
-        from agent.conversation import reset_thread
-
-        reset_thread(self.graph, self.thread_id)
+        self.chat.memory.reset(self.thread_id)
         self.last = None
 
 
@@ -206,7 +211,7 @@ class AgentSession:
         self.settings = settings
         self.thread_id = thread_id
         self.graph = build_assistant(settings, checkpointer=checkpointer, retriever=retriever)
-        self.last: dict[str, Any] | None = None
+        self.last: Answer | None = None
 
     def earlier_turns(self) -> int:
         from langchain_core.messages import AIMessage, HumanMessage
@@ -217,28 +222,29 @@ class AgentSession:
         answers = [m for m in messages if isinstance(m, AIMessage) and not m.tool_calls and m.text]
         if answers:  # a resumed session: /sources shows the stored last answer's
             registry = SourceRegistry.from_messages(messages)
-            self.last = {"sources": registry.cited(answers[-1].text), "consulted": [public_ref(r) for r in registry.all()]}
+            self.last = Answer(question="", text=answers[-1].text, sources=registry.cited(answers[-1].text),
+                               consulted=[public_ref(r) for r in registry.all()])
         return sum(isinstance(m, HumanMessage) for m in messages)
 
     def ask(self, question: str, term: Terminal) -> None:
         from agent.assistant import run_assistant
 
-        result = run_assistant(
+        answer = run_assistant(
             self.graph, question, agent_event_printer(term), thread_id=self.thread_id,
             endpoint=self.settings.chat_endpoint, base_url=self.settings.serving_base_url,
         )
-        self.last = result
-        if result["stopped"]:
-            term.error(result["message"])
+        self.last = answer
+        if answer.stopped:
+            term.error(answer.message or answer.stopped)
             return
-        print_sources(term, result["sources"])
+        print_sources(term, answer.sources)
 
     def show_sources(self, term: Terminal) -> None:
         if self.last is None:
             term.note("[dim]no answer yet in this run[/]")
             return
-        print_sources(term, self.last["sources"])
-        consulted = self.last.get("consulted") or []
+        print_sources(term, self.last.sources)
+        consulted = self.last.consulted or []
         term.out.print(f"[bold]Consulted[/] ({len(consulted)} passages and documents in this conversation)")
         for ref in consulted:
             term.out.print(literal(f"  [{ref['n']}] {ref.get('source')} · {ref.get('title') or ''}"))
@@ -252,7 +258,6 @@ class AgentSession:
 
 def chat_repl(settings: Any, *, session: str | None, agent: bool, k: int | None, term: Terminal) -> int:
     """``kb chat``: the REPL; returns the exit code."""
-    from agent.errors import KbError, StreamInterruptedError
     from agent.history import close_checkpointer, open_checkpointer
     from agent.llm import build_llm
     from agent.retrieval import build_retriever

@@ -3,8 +3,8 @@
 ``build_retriever(settings)`` returns a ``KnowledgeRetriever`` (a LangChain ``BaseRetriever``) in the
 configured mode (``KB_SEARCH_MODE``, overridable per call with ``mode=``):
 
-- ``dense``: cosine similarity of embeddings (Chroma);
-- ``bm25``: BM25 over the same chunks (``ingest.lexical``);
+- ``dense``: cosine similarity of embeddings (``ChunkStore.nearest``);
+- ``bm25``: BM25 over the same chunks (``ChunkStore.lexical``; ``ingest.store.lexical`` for local stores);
 - ``hybrid``: both fused: by default a convex combination of the min-max normalised scores
   (0.75 dense + 0.25 BM25), which measured better than reciprocal rank fusion (``fusion="rrf"``).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -31,6 +30,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from agent.settings import Settings
 from ingest.errors import IndexMissingError
+from ingest.store.base import ChunkStore
 
 MODES = ("dense", "bm25", "hybrid")
 EXPLAIN_KEYS = ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fused_score")
@@ -46,10 +46,9 @@ class KnowledgeRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    store: Any
+    store: Any  # a ChunkStore (ingest.store.base); it also carries the query embedding model
     k: int = 5
     mode: str = "dense"
-    index_dir: Path | None = None  # where kb ingest keeps the BM25 index (None: built in memory)
     candidates: int = 50  # depth of each ranking before fusion
     fusion: str = "convex"  # hybrid: "convex" (score fusion, measured best) or "rrf" (rank fusion)
     alpha: float = 0.75  # convex: weight of the dense score (BM25 gets 1 - alpha)
@@ -58,7 +57,6 @@ class KnowledgeRetriever(BaseRetriever):
     max_per_source: int = 3  # 0 = no cap
     dedupe: bool = True
 
-    _lexical: Any = PrivateAttr(default=None)
     _vectors: dict[str, list[float]] = PrivateAttr(default_factory=dict)
 
     def _get_relevant_documents(
@@ -70,8 +68,8 @@ class KnowledgeRetriever(BaseRetriever):
             from agent.errors import UsageError
 
             raise UsageError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
-        collection = self.store._collection
-        total = collection.count()
+        store: ChunkStore = self.store
+        total = store.count()
         if total == 0:
             raise IndexMissingError("the index is empty", hint="run 'kb ingest' first")
         depth = min(total, max(self.candidates, k * 4))
@@ -79,9 +77,11 @@ class KnowledgeRetriever(BaseRetriever):
         # Both rankings are computed in every mode: the mode decides the order, and the other
         # ranking is the explain data (where would this chunk be in dense / BM25 alone?).
         vector = self._query_vector(query)
-        hits = self.store.similarity_search_by_vector_with_relevance_scores(vector, k=depth)
-        dense = {d.id: (rank, 1.0 - float(distance), d) for rank, (d, distance) in enumerate(hits, 1)}
-        lexical = self._lexical_index(total).search(query)
+        dense = {
+            hit.id: (rank, 1.0 - hit.distance, Document(page_content=hit.text, metadata=hit.metadata, id=hit.id))
+            for rank, hit in enumerate(store.nearest(vector, depth), 1)
+        }
+        lexical = store.lexical(query)
         bm25 = {cid: (rank, score) for rank, (cid, score) in enumerate(lexical.top(depth), 1)}
 
         if mode == "dense":
@@ -109,22 +109,6 @@ class KnowledgeRetriever(BaseRetriever):
                 self._vectors.clear()
             vector = self._vectors[query] = list(self.store.embeddings.embed_query(query))
         return vector
-
-    def _lexical_index(self, total: int) -> Any:
-        """The BM25 index, reloaded when ``kb ingest`` published a new one or the collection changed
-        size (a long-lived process such as the API follows re-ingests without restarting)."""
-        from ingest.lexical import build_from_collection, open_lexical, read_state
-
-        collection = self.store._collection
-        if self.index_dir is None:
-            key: tuple[Any, ...] = (None, total)
-        else:
-            state = read_state(self.index_dir)
-            key = (state or {}).get("dir"), total
-        if self._lexical is None or self._lexical[0] != key:
-            index = open_lexical(self.index_dir, collection) if self.index_dir else build_from_collection(collection)
-            self._lexical = (key, index)
-        return self._lexical[1]
 
     def _select(
         self, order: list[tuple[str, float]], k: int, dense: dict[str, tuple[int, float, Document]]
@@ -160,10 +144,10 @@ class KnowledgeRetriever(BaseRetriever):
     def _fetch(self, ids: list[str]) -> dict[str, Document]:
         if not ids:
             return {}
-        got = self.store._collection.get(ids=ids, include=["documents", "metadatas"])
+        got = self.store.get(ids)
         return {
-            cid: Document(page_content=text or "", metadata=dict(meta or {}), id=cid)
-            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"])
+            cid: Document(page_content=text, metadata=meta, id=cid)
+            for cid, text, meta in zip(got.ids, got.texts, got.metadatas)
         }
 
     def _dense_scores(self, query: str, ids: list[str]) -> dict[str, float]:
@@ -173,9 +157,9 @@ class KnowledgeRetriever(BaseRetriever):
         import numpy as np
 
         query_vector = np.asarray(self._query_vector(query), dtype=np.float32)
-        got = self.store._collection.get(ids=ids, include=["embeddings"])
+        got = self.store.get(ids, texts=False, metadatas=False, vectors=True)
         scores = {}
-        for cid, vector in zip(got["ids"], got["embeddings"]):
+        for cid, vector in zip(got.ids, got.vectors):
             v = np.asarray(vector, dtype=np.float32)
             denominator = float(np.linalg.norm(v) * np.linalg.norm(query_vector)) or 1.0
             scores[cid] = float(v @ query_vector) / denominator
@@ -313,7 +297,7 @@ def build_embeddings(settings: Settings, *, command: str = "search", usage_extra
         from agent.errors import ConfigError
         from agent.ledger import embeddings_recorder
         from agent.llm import chat_usage_context
-        from ingest.embeddings import DatabricksEmbeddings
+        from ingest.embeddings.databricks import DatabricksEmbeddings
 
         if not settings.llm_configured:
             missing = " and ".join(settings.missing_llm_settings())
@@ -335,24 +319,25 @@ def build_embeddings(settings: Settings, *, command: str = "search", usage_extra
                 settings, endpoint=settings.embedding_endpoint, command=command, usage_context=context
             ),
         )
-    from ingest.embeddings import LocalMiniLMEmbeddings
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
 
     return LocalMiniLMEmbeddings()
 
 
 def build_store(
     settings: Settings, *, command: str = "search", create: bool = False, usage_extra: dict[str, str] | None = None
-) -> Any:
+) -> ChunkStore:
+    """The configured index as a ``ChunkStore``, opened with the query embedding model."""
     embeddings = build_embeddings(settings, command=command, usage_extra=usage_extra)
     if not create and not settings.chroma_url:
         # Fast path: the snapshot kb ingest keeps next to Chroma, read without importing chromadb
-        # (~1 s per process); None when it does not match Chroma's current state.
-        from ingest.snapshot import open_snapshot_store
+        # (~1 s per process); None when it does not match Chroma's current state. (numpy: lazy)
+        from ingest.store.snapshot import open_snapshot_store
 
         store = open_snapshot_store(settings.index_dir, embeddings)
         if store is not None:
             return store
-    from ingest.store import open_store
+    from ingest.store.chroma import open_store  # imports chromadb when it connects
 
     return open_store(settings.index_dir, embeddings, create=create, chroma_url=settings.chroma_url)
 
@@ -375,7 +360,6 @@ def build_retriever(
         store=build_store(settings, command=command, usage_extra=usage_extra),
         k=k or settings.top_k,
         mode=mode,
-        index_dir=settings.index_dir,
         max_per_source=settings.max_per_source,
     )
 

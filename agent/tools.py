@@ -152,7 +152,7 @@ class KnowledgeBase:
     def documents(self) -> list[dict[str, Any]]:
         """``[{"root", "source", "title", "chunks"}]`` of the index's active collection, from the ingest
         records; [] when nothing is indexed."""
-        from ingest.sync import Records
+        from ingest.sync.records import Records
 
         if not (Path(self.index_dir) / "records.sqlite").is_file():
             return []

@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ingest.embeddings import LocalMiniLMEmbeddings
-    from ingest.records import NoRecords
-    from ingest.sync import ingest, make_plan
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
+    from ingest.sync.job import ingest
+    from ingest.sync.plan import make_plan
+    from ingest.sync.records import NoRecords
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="kb-ingest-bench-"))
     if args.keep and work.exists():

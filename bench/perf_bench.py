@@ -173,8 +173,8 @@ import langchain_core.retrievers; mark("import langchain_core (+ langsmith)")
 import agent.retrieval; mark("import agent.retrieval")
 from agent.retrieval import build_retriever
 retriever = build_retriever(settings, k=5); mark(f"open the index ({type(retriever.store).__name__})")
-from ingest.embeddings import minilm_path
-from ingest.fast_embed import load_encoder
+from ingest.embeddings.weights import minilm_path
+from ingest.embeddings.fast_embed import load_encoder
 load_encoder(minilm_path()); mark("load the NumPy MiniLM (stamp check, mmap, tokenizer)")
 retriever.invoke(sys.argv[1]); mark("first query (embed, dense + BM25 incl. loading BM25)")
 print(json.dumps([(b, t1 - t0) for (a, t0), (b, t1) in zip(marks, marks[1:])]))
@@ -217,16 +217,16 @@ def bench_warm_search(res: Results, indexes: dict[int, Path], count: int) -> Non
                     [timed(lambda q=q: retriever.invoke(q + " ", mode=mode)) * 1000 for q in qs[3:]], "ms")
         # The dense step alone (50 candidates, as the retriever asks), query vectors precomputed:
         # the snapshot's exact scan vs Chroma's HNSW.
-        from ingest.store import open_store
+        from ingest.store.chroma import open_store
 
         vectors = [retriever.store.embeddings.embed_query(q) for q in qs[3:]]
         for label, store in (("snapshot, exact", retriever.store),
                              ("Chroma HNSW", open_store(index_dir, retriever.store.embeddings))):
-            search = store.similarity_search_by_vector_with_relevance_scores
-            search(vectors[0], k=50)
+            search = store.nearest
+            search(vectors[0], 50)
             res.add(f"vector top-50 ({label}), {size // 1000}k",
-                    [timed(lambda v=v: search(v, k=50)) * 1000 for v in vectors], "ms")
-    from ingest.embeddings import LocalMiniLMEmbeddings
+                    [timed(lambda v=v: search(v, 50)) * 1000 for v in vectors], "ms")
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
 
     embeddings = LocalMiniLMEmbeddings()
     embeddings.embed_query("warm-up")
@@ -236,11 +236,9 @@ def bench_warm_search(res: Results, indexes: dict[int, Path], count: int) -> Non
 def bench_warm_ask(res: Results, work: Path, index_dir: Path, count: int) -> list[tuple[str, float]]:
     """kb's per-question work vs a raw openai call with the same body, interleaved."""
     import openai
-    from langchain_core.runnables import RunnableLambda
 
-    from agent.answer import run_answer
-    from agent.chain import build_rag_chain
-    from agent.retrieval import build_retriever, refusal
+    from agent.rag.service import AnswerService
+    from agent.retrieval import build_retriever
     from agent.settings import load_settings
     from tests.databricks_stub import DatabricksStub, Reply
 
@@ -258,18 +256,21 @@ def bench_warm_ask(res: Results, work: Path, index_dir: Path, count: int) -> lis
                 t0 = time.perf_counter()
                 settings = load_settings()
                 t1 = time.perf_counter()
-                documents = retriever.invoke(q)
+                service = AnswerService.from_settings(settings, command="ask", retriever=retriever)
                 t2 = time.perf_counter()
-                if refusal(settings, documents):
-                    raise RuntimeError("the bench question was refused: the corpus is off")
-                chain = build_rag_chain(settings, retriever=RunnableLambda(lambda _q: documents))
+                result = None
+                for kind, value in service.stream(q):
+                    if kind == "token":
+                        sink.append(value)
+                    elif kind == "done":
+                        result = value
                 t3 = time.perf_counter()
-                result = run_answer(chain, q, on_token=sink.append, endpoint=settings.chat_endpoint,
-                                    base_url=settings.serving_base_url)
-                t4 = time.perf_counter()
-                assert result.answer == ANSWER, result.answer
-                return {"settings": t1 - t0, "retrieval": t2 - t1, "chain": t3 - t2, "answer": t4 - t3,
-                        "total": t4 - t0}
+                if result.refused:
+                    raise RuntimeError("the bench question was refused: the corpus is off")
+                assert result.text == ANSWER, result.text
+                retrieval = result.timing["retrieve"]
+                return {"settings": t1 - t0, "retrieval": retrieval, "chain": t2 - t1,
+                        "answer": t3 - t2 - retrieval, "total": t3 - t0}
 
             def raw_call(body: dict) -> float:
                 known = {"model", "messages", "max_tokens", "temperature", "stream", "stream_options"}

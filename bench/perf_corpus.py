@@ -6,8 +6,8 @@ model, and a chunk's vector is its topic's vector plus Gaussian noise, normalise
 topic ~0.8, clustered like real documents, which is what HNSW's cost depends on). Chunk texts are
 ~700 characters of English drawn from the topic's own words plus common ones, so BM25 has
 realistic postings. Questions are made from topic words and embedded live by kb, like a user's.
-The index is written with kb's own store (``ingest.store.open_store``, stamped with the local
-model) and BM25 index (``ingest.lexical.sync_lexical``), so ``kb search`` / ``kb ask`` open it as
+The index is written with kb's own store (``ingest.store.chroma.open_store``, stamped with the local
+model) and BM25 index (``ingest.store.lexical.sync_lexical``), so ``kb search`` / ``kb ask`` open it as
 they open any index.
 """
 
@@ -81,9 +81,10 @@ def questions(count: int, seed: int = 11) -> list[str]:
 
 def build_index(cache: Path, size: int, *, log=print) -> Path:
     """An index of ``size`` chunks under ``cache`` (built once, reused while its marker matches)."""
-    from ingest.embeddings import LocalMiniLMEmbeddings, minilm_path
-    from ingest.fast_embed import load_encoder
-    from ingest.store import open_store
+    from ingest.embeddings.fast_embed import load_encoder
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
+    from ingest.embeddings.weights import minilm_path
+    from ingest.store.chroma import open_store
 
     index_dir = Path(cache) / f"index-{size}"
     marker = index_dir / "bench-corpus.json"
@@ -103,7 +104,6 @@ def build_index(cache: Path, size: int, *, log=print) -> Path:
     topic_vectors = encoder.encode([" ".join(words) for words in topics])
     noise_rng = np.random.default_rng(size)
     store = open_store(index_dir, LocalMiniLMEmbeddings(), create=True)
-    collection = store._collection
     root = "/bench/knowledge"
     batch = 2000
     for start in range(0, size, batch):
@@ -118,27 +118,22 @@ def build_index(cache: Path, size: int, *, log=print) -> Path:
             texts.append(_chunk_text(rng, topics[topic]))
             metas.append({"source": f"topic-{topic:03d}/doc-{doc:06d}.md", "title": f"{topics[topic][0].title()} guide {doc}",
                           "section": f"{topics[topic][1].title()} > {topics[topic][2]}", "chunk": chunk, "root": root})
-        collection.upsert(ids=ids, embeddings=vectors.tolist(), documents=texts, metadatas=metas)
-    _sync_lexical(index_dir, collection)
+        store.upsert(ids, texts, metas, vectors)
+    _sync_lexical(index_dir, store)
     marker.write_text(json.dumps(want), "utf-8")
     log(f"  built in {time.perf_counter() - started:.0f} s")
     return index_dir
 
 
-def _sync_lexical(index_dir: Path, collection=None) -> None:
+def _sync_lexical(index_dir: Path, store=None) -> None:
     """Bring the index's BM25 index and query snapshot up to date, as ``kb ingest`` does at its end."""
-    try:
-        from ingest.lexical import sync_lexical
-    except ImportError:  # pragma: no cover - before BM25 existed
-        return
-    if collection is None:
-        from ingest.embeddings import LocalMiniLMEmbeddings
-        from ingest.store import open_store
+    from ingest.store.lexical import sync_lexical
+    from ingest.store.snapshot import sync_snapshot
 
-        collection = open_store(index_dir, LocalMiniLMEmbeddings())._collection
-    sync_lexical(index_dir, collection)
-    try:
-        from ingest.snapshot import sync_snapshot
-    except ImportError:  # pragma: no cover
-        return
-    sync_snapshot(index_dir, collection)
+    if store is None:
+        from ingest.embeddings.local import LocalMiniLMEmbeddings
+        from ingest.store.chroma import open_store
+
+        store = open_store(index_dir, LocalMiniLMEmbeddings())
+    sync_lexical(index_dir, store)
+    sync_snapshot(index_dir, store)

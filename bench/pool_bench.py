@@ -19,7 +19,8 @@ from pathlib import Path
 
 import openai
 
-from agent.databricks.transport import _transport_class, httpx_module
+from agent.databricks.httpx_compat import httpx_module
+from agent.databricks.transport import _transport_class
 from tests.databricks_stub import DatabricksStub
 
 

@@ -31,22 +31,26 @@ class UsageError(KbError):
     http_status = 400
 
 
-class IndexError_(KbError):
-    """The index is missing, busy, or built with another embedding model."""
+class IndexUnavailableError(KbError):
+    """The index cannot be searched: missing, busy, unusable, or built with another embedding model."""
 
     exit_code = 3
     http_status = 503
 
 
-class IndexMissingError(IndexError_):
+class IndexMissingError(IndexUnavailableError):
     pass
 
 
-class IndexBusyError(IndexError_):
+class IndexBusyError(IndexUnavailableError):
     pass
 
 
-class EmbeddingMismatchError(IndexError_):
+class IndexUnusableError(IndexUnavailableError):
+    """The index files are damaged or unreadable: rebuild it."""
+
+
+class EmbeddingMismatchError(IndexUnavailableError):
     pass
 
 

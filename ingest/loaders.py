@@ -249,7 +249,7 @@ def load(file: SourceFile, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, memory_mb
     """Load one file; raises ``SkipFile`` with a reason when it cannot be indexed.
 
     ``memory_mb`` only names the limit in the reason when parsing runs out of memory (the limit
-    itself is set by ``ingest.isolation``'s worker process).
+    itself is set by ``ingest.sync.isolation``'s worker process).
     """
     loader = loader_for(file.path)
     if loader is None:

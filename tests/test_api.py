@@ -446,7 +446,7 @@ def test_documents_are_listed_and_served_with_safe_types(client: TestClient) -> 
 
 def test_a_symlink_out_of_the_ingested_root_is_not_served(env: Path, tmp_path: Path, make_client,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingest.records import Records
+    from ingest.sync.records import Records
 
     root = tmp_path / "docs"
     root.mkdir()

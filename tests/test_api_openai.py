@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CANARY
+from tests.conftest import CANARY, kb_command
 from tests.databricks_stub import DatabricksStub, Error, Reply
 
 pytestmark = pytest.mark.slow
@@ -51,7 +50,7 @@ def server(stub_server: DatabricksStub, built_index: Path, tmp_path_factory: pyt
     port = _free_port()
     log = (work / "serve.log").open("w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--verbose", "serve", "--port", str(port)],
+        kb_command("--verbose", "serve", "--port", str(port)),
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

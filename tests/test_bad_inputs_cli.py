@@ -9,19 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.evaluate import load_gold, parse_judgement, too_deep
 from agent.errors import UsageError
-
-runner = CliRunner()
-
-
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
+from tests.conftest import KbRunner
 
 
 def one_error_line(result, code: int = 2) -> str:
@@ -32,14 +23,14 @@ def one_error_line(result, code: int = 2) -> str:
 
 
 @pytest.mark.parametrize("since", ["99999999999d", "99999999999w", "9" * 5000 + "m", "0001-01-01", "0001-01-01T00:00:00+14:00"])
-def test_usage_since_out_of_range_is_one_line(env: Path, since: str) -> None:
+def test_usage_since_out_of_range_is_one_line(env: Path, since: str, kb: KbRunner) -> None:
     line = one_error_line(kb("usage", "--since", since))
     assert "--since" in line and ("too far back" in line or "invalid" in line)
     assert len(line) < 300  # a 5,000-digit argument is not echoed whole
 
 
 @pytest.mark.parametrize("since", ["7d", "2w", "all", "2025-01-31"])
-def test_usage_since_in_range_still_works(env: Path, since: str) -> None:
+def test_usage_since_in_range_still_works(env: Path, since: str, kb: KbRunner) -> None:
     result = kb("usage", "--since", since, "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["groups"] == []
@@ -59,7 +50,7 @@ GOOD = json.dumps({"id": "q1", "question": "How many vacation days?", "sources":
     "{\"a\":" * 100_000 + "1" + "}" * 100_000,
     json.dumps({"id": "q2", "question": "deep", "sources": [], "extra": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}),
 ])
-def test_deeply_nested_gold_line_is_one_line(env: Path, tmp_path: Path, line: str) -> None:
+def test_deeply_nested_gold_line_is_one_line(env: Path, tmp_path: Path, line: str, kb: KbRunner) -> None:
     error = one_error_line(kb("eval", str(_gold(tmp_path, GOOD, line))))
     assert "line 2" in error and "nested" in error
 
@@ -72,7 +63,7 @@ def test_brackets_inside_strings_are_not_nesting(tmp_path: Path) -> None:
     assert not too_deep(line, 32) and too_deep("[" * 33, 32) and not too_deep("[" * 32 + "]" * 32, 32)
 
 
-def test_oversized_gold_line_and_folder_are_one_line(env: Path, tmp_path: Path) -> None:
+def test_oversized_gold_line_and_folder_are_one_line(env: Path, tmp_path: Path, kb: KbRunner) -> None:
     huge = json.dumps({"id": "big", "question": "x" * (2 * 1024 * 1024), "sources": []})
     assert "longer than" in one_error_line(kb("eval", str(_gold(tmp_path, GOOD, huge))))
     assert "folder" in one_error_line(kb("eval", str(tmp_path)))

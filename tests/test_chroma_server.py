@@ -12,9 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
+from tests.conftest import KbRunner
 
 
 def _free_port() -> int:
@@ -57,14 +56,8 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory):
         log.close()
 
 
-def kb(*args: str):
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
-
-
 def test_ingest_reingest_and_search_against_a_chroma_server(chroma_server: str, env: Path, corpus: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_CHROMA_URL", chroma_server)
     first = kb("ingest", str(corpus), "--json")
     assert first.exit_code == 0, first.stderr
@@ -94,7 +87,7 @@ def test_ingest_reingest_and_search_against_a_chroma_server(chroma_server: str, 
     assert len([c.name for c in client.list_collections() if c.name.startswith("kb_chunks")]) == 1
 
 
-def test_an_unreachable_server_is_one_clear_error(env: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_server_is_one_clear_error(env: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_CHROMA_URL", f"http://127.0.0.1:{_free_port()}")
     for args in (["ingest", str(corpus)], ["search", "vacation"]):
         result = kb(*args)

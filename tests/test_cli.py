@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
-from tests.conftest import CANARY
+from tests.conftest import CANARY, KbRunner, kb_command
 from tests.databricks_stub import DatabricksStub, Error, Reply
-
-runner = CliRunner()
-
-
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    assert CANARY not in result.stdout + result.stderr
-    return result
 
 
 def _last_prompt(stub: DatabricksStub) -> str:
@@ -30,7 +19,7 @@ def _last_prompt(stub: DatabricksStub) -> str:
     return "\n".join(m["content"] for m in body["messages"] if isinstance(m.get("content"), str))
 
 
-def test_ingest_then_rerun_is_incremental(env: Path, corpus: Path) -> None:
+def test_ingest_then_rerun_is_incremental(env: Path, corpus: Path, kb: KbRunner) -> None:
     first = kb("ingest", str(corpus))
     assert first.exit_code == 0, first.stderr
     assert "5 added, 0 changed, 0 unchanged, 0 deleted, 0 skipped" in first.stdout
@@ -40,7 +29,7 @@ def test_ingest_then_rerun_is_incremental(env: Path, corpus: Path) -> None:
     assert summary["chunks_total"] > 5
 
 
-def test_ingest_defaults_to_knowledge_dir(env: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ingest_defaults_to_knowledge_dir(env: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_KNOWLEDGE_DIR", str(corpus / "hr"))
     result = kb("ingest", "--dry-run")
     assert result.exit_code == 0
@@ -48,7 +37,7 @@ def test_ingest_defaults_to_knowledge_dir(env: Path, corpus: Path, monkeypatch: 
     assert not Path(os.environ["KB_INDEX_DIR"]).exists()  # dry run writes nothing
 
 
-def test_search_json_shape_and_relevance(indexed: Path) -> None:
+def test_search_json_shape_and_relevance(indexed: Path, kb: KbRunner) -> None:
     result = kb("search", "how many vacation days do I get", "-k", "3", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
@@ -62,7 +51,7 @@ def test_search_json_shape_and_relevance(indexed: Path) -> None:
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 
 
-def test_search_finds_pdf_pages_and_html(indexed: Path) -> None:
+def test_search_finds_pdf_pages_and_html(indexed: Path, kb: KbRunner) -> None:
     pdf = json.loads(kb("search", "who approves expenses over 800 euros", "-k", "1", "--json").stdout)["results"][0]
     assert pdf["source"] == "finance/expenses.pdf" and pdf["page"] == 2
     html = json.loads(kb("search", "VPN gateway for Berlin office", "-k", "1", "--json").stdout)["results"][0]
@@ -70,7 +59,7 @@ def test_search_finds_pdf_pages_and_html(indexed: Path) -> None:
     assert "tracking" not in html["text"] and "footer" not in html["text"]
 
 
-def test_ask_json_on_the_wire(indexed: Path, databricks: DatabricksStub) -> None:
+def test_ask_json_on_the_wire(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.enqueue(Reply("Full-time employees get 23 vacation days [1]; up to 4 carry over [1].",
                              usage={"prompt_tokens": 321, "completion_tokens": 17, "total_tokens": 338}))
     result = kb("ask", "How many vacation days do I get?", "--json")
@@ -87,7 +76,7 @@ def test_ask_json_on_the_wire(indexed: Path, databricks: DatabricksStub) -> None
     assert "Question: How many vacation days do I get?" in prompt
 
 
-def test_ask_streams_answer_and_lists_cited_sources(indexed: Path, databricks: DatabricksStub) -> None:
+def test_ask_streams_answer_and_lists_cited_sources(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     def cite_the_pdf(body: dict) -> Reply:
         prompt = "\n".join(m["content"] for m in body["messages"])
         n = next(i for i in range(1, 6) if f'<passage n="{i}" source="finance/expenses.pdf"' in prompt)
@@ -101,7 +90,7 @@ def test_ask_streams_answer_and_lists_cited_sources(indexed: Path, databricks: D
     assert databricks.chat_requests()[0]["stream"] is True
 
 
-def test_ask_without_llm_shows_passages_and_says_what_to_set(indexed: Path) -> None:
+def test_ask_without_llm_shows_passages_and_says_what_to_set(indexed: Path, kb: KbRunner) -> None:
     result = kb("ask", "How many vacation days do I get?")
     assert result.exit_code == 0
     assert "no Databricks model configured: set DATABRICKS_TOKEN and DATABRICKS_HOST (or base_url)" in result.stderr
@@ -119,7 +108,7 @@ def test_ask_without_llm_shows_passages_and_says_what_to_set(indexed: Path) -> N
         (Error(503, "TEMPORARILY_UNAVAILABLE", "Endpoint is scaling up"), "server error"),
     ],
 )
-def test_ask_remote_failures_are_one_line_and_exit_4(indexed: Path, databricks: DatabricksStub, monkeypatch, error, fragment) -> None:
+def test_ask_remote_failures_are_one_line_and_exit_4(indexed: Path, databricks: DatabricksStub, monkeypatch, error, fragment, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_MAX_RETRIES", "0")
     databricks.enqueue(error)
     result = kb("ask", "How many vacation days do I get?")
@@ -128,14 +117,14 @@ def test_ask_remote_failures_are_one_line_and_exit_4(indexed: Path, databricks: 
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
 
 
-def test_ask_unknown_endpoint(indexed: Path, databricks: DatabricksStub, monkeypatch) -> None:
+def test_ask_unknown_endpoint(indexed: Path, databricks: DatabricksStub, monkeypatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_CHAT_ENDPOINT", "typo-endpoint")
     result = kb("ask", "vacation?")
     assert result.exit_code == 4
     assert "serving endpoint 'typo-endpoint' was not found" in result.stderr
 
 
-def test_ask_stream_cut_prints_partial_and_marks_it(indexed: Path, databricks: DatabricksStub, monkeypatch) -> None:
+def test_ask_stream_cut_prints_partial_and_marks_it(indexed: Path, databricks: DatabricksStub, monkeypatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_MAX_RETRIES", "0")
     databricks.enqueue(Reply("You get twenty three vacation days per year [1] and more", chunk_size=4, drop_after_chunks=5))
     result = kb("ask", "vacation?")
@@ -144,7 +133,7 @@ def test_ask_stream_cut_prints_partial_and_marks_it(indexed: Path, databricks: D
     assert "cut off" in result.stderr and "incomplete" in result.stderr
 
 
-def test_no_index_and_bad_settings_are_clear(env: Path, monkeypatch) -> None:
+def test_no_index_and_bad_settings_are_clear(env: Path, monkeypatch, kb: KbRunner) -> None:
     result = kb("search", "anything")
     assert result.exit_code == 3 and "run 'kb ingest' first" in result.stderr
     monkeypatch.setenv("KB_USAGE_CONTEXT", '{"team": 7}')
@@ -152,15 +141,15 @@ def test_no_index_and_bad_settings_are_clear(env: Path, monkeypatch) -> None:
     assert result.exit_code == 2 and result.stderr.startswith("error: invalid KB_USAGE_CONTEXT")
 
 
-def test_missing_path_is_a_usage_error(env: Path) -> None:
+def test_missing_path_is_a_usage_error(env: Path, kb: KbRunner) -> None:
     result = kb("ingest", "no/such/folder")
     assert result.exit_code == 2 and "no such file or folder: no/such/folder" in result.stderr
 
 
-def test_index_built_with_another_embedding_model_is_refused(env: Path, corpus: Path) -> None:
+def test_index_built_with_another_embedding_model_is_refused(env: Path, corpus: Path, kb: KbRunner) -> None:
     from langchain_core.embeddings import DeterministicFakeEmbedding
 
-    from ingest.sync import ingest
+    from ingest.sync.job import ingest
 
     fake = DeterministicFakeEmbedding(size=384)
     fake.__dict__["model_id"] = "fake:deterministic"
@@ -171,8 +160,7 @@ def test_index_built_with_another_embedding_model_is_refused(env: Path, corpus: 
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    kb_bin = Path(sys.executable).with_name("kb")
-    return subprocess.run([str(kb_bin), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    return subprocess.run(kb_command(*args), capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
 
 
 def test_real_process_help_version_and_ask(indexed: Path, databricks: DatabricksStub, tmp_path: Path) -> None:
@@ -192,7 +180,7 @@ def test_real_process_help_version_and_ask(indexed: Path, databricks: Databricks
         assert CANARY not in output
 
 
-def test_passages_are_wrapped_not_cropped_when_piped(indexed: Path) -> None:
+def test_passages_are_wrapped_not_cropped_when_piped(indexed: Path, kb: KbRunner) -> None:
     result = kb("search", "how many vacation days do I get", "-k", "1")
     assert result.exit_code == 0
     flat = " ".join(line.strip("│ ") for line in result.stdout.splitlines())

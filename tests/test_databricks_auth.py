@@ -18,14 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.settings import load_settings
-from tests.conftest import CANARY
+from tests.conftest import CANARY, KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
 
-runner = CliRunner()
 SECRET = "sp-secret-CANARY-7c1e9d"
 CLIENT = "5f0c1d2e-0000-4000-8000-00000000c11e"
 
@@ -35,12 +33,10 @@ def _plain_answers(stub_server: DatabricksStub) -> None:
     stub_server.default_responder = lambda body: Reply("Stub answer.")  # whatever an earlier test left
 
 
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    text = result.stdout + result.stderr
-    assert "Traceback" not in text
-    assert CANARY not in text and SECRET not in text
-    return result
+@pytest.fixture
+def kb(kb: KbRunner) -> KbRunner:
+    """The shared runner, also checking this file's secrets."""
+    return kb.forbid(SECRET)
 
 
 def _no_oauth_token_in(text: str, stub: DatabricksStub) -> None:
@@ -62,7 +58,7 @@ def m2m(env: Path, stub_server: DatabricksStub, monkeypatch: pytest.MonkeyPatch)
     return stub_server
 
 
-def test_service_principal_gets_answers_without_a_personal_token(m2m: DatabricksStub, indexed: Path) -> None:
+def test_service_principal_gets_answers_without_a_personal_token(m2m: DatabricksStub, indexed: Path, kb: KbRunner) -> None:
     result = kb("ask", "How many vacation days do I get?")
     assert result.exit_code == 0, result.stderr
     assert "Stub answer." in result.stdout
@@ -75,7 +71,7 @@ def test_service_principal_gets_answers_without_a_personal_token(m2m: Databricks
     assert chat.body["usage_context"]["command"] == "ask"
 
 
-def test_wrong_client_secret_is_one_clear_line(m2m: DatabricksStub, indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_client_secret_is_one_clear_line(m2m: DatabricksStub, indexed: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "not-the-secret")
     result = kb("ask", "How many vacation days do I get?")
     assert result.exit_code == 4
@@ -86,7 +82,7 @@ def test_wrong_client_secret_is_one_clear_line(m2m: DatabricksStub, indexed: Pat
 
 
 def test_a_profile_in_a_config_file(env: Path, stub_server: DatabricksStub, indexed: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                    monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     stub_server.reset()
     stub_server.add_oauth_client(CLIENT, SECRET)
     config = tmp_path / "databrickscfg"
@@ -120,7 +116,7 @@ def _fake_cli(folder: Path, stub: DatabricksStub, *, expired: bool = False) -> P
 
 @pytest.mark.parametrize("expired", [False, True])
 def test_databricks_auth_login_profile(env: Path, stub_server: DatabricksStub, indexed: Path, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch, expired: bool) -> None:
+                                       monkeypatch: pytest.MonkeyPatch, expired: bool, kb: KbRunner) -> None:
     stub_server.reset()
     cli = _fake_cli(tmp_path, stub_server, expired=expired)
     config = tmp_path / "databrickscfg"
@@ -141,7 +137,7 @@ def test_databricks_auth_login_profile(env: Path, stub_server: DatabricksStub, i
         assert "sign-in has expired" in result.stderr and "databricks auth login --profile u2m" in result.stderr
 
 
-def test_no_credentials_at_all_says_what_to_set(env: Path, indexed: Path) -> None:
+def test_no_credentials_at_all_says_what_to_set(env: Path, indexed: Path, kb: KbRunner) -> None:
     result = kb("ask", "How many vacation days do I get?")
     assert result.exit_code == 0  # passages are still shown
     assert "DATABRICKS_TOKEN" in result.stderr and "DATABRICKS_HOST" in result.stderr
@@ -216,7 +212,7 @@ def test_a_stream_abandoned_before_its_end_is_not_drained(databricks: Databricks
     assert time.perf_counter() - started < 2
 
 
-def test_secrets_stay_out_of_ledger_and_logs(m2m: DatabricksStub, indexed: Path) -> None:
+def test_secrets_stay_out_of_ledger_and_logs(m2m: DatabricksStub, indexed: Path, kb: KbRunner) -> None:
     result = kb("--verbose", "ask", "How many vacation days do I get?")
     assert result.exit_code == 0, result.stderr
     _no_oauth_token_in(result.stdout + result.stderr, m2m)

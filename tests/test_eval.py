@@ -7,15 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.errors import UsageError
 from agent.evaluate import ModeResult, Threshold, load_gold, parse_judgement, parse_threshold, relevance_summary
-from tests.conftest import CANARY
+from tests.conftest import KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
-
-runner = CliRunner()
 
 GOLD = [
     {"id": "pto", "question": "How many vacation days do full-time employees get?", "sources": ["hr/pto.md"],
@@ -27,13 +23,6 @@ GOLD = [
     {"id": "dental", "question": "What is the deductible of the dental plan?", "sources": [], "answer": ""},
     {"id": "offtopic", "question": "What is the capital of Australia?", "sources": [], "answer": ""},
 ]
-
-
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    assert CANARY not in result.stdout + result.stderr
-    return result
 
 
 def write_gold(path: Path, rows: list[dict]) -> Path:
@@ -108,7 +97,7 @@ def test_suggested_floor_refuses_no_answerable_question() -> None:
 # ---------------------------------------------------------------- retrieval report through the CLI
 
 
-def test_eval_reports_every_mode(indexed: Path, tmp_path: Path) -> None:
+def test_eval_reports_every_mode(indexed: Path, tmp_path: Path, kb: KbRunner) -> None:
     gold = write_gold(tmp_path / "gold.jsonl", GOLD)
     result = kb("eval", str(gold), "--json")
     assert result.exit_code == 0, result.stderr
@@ -128,7 +117,7 @@ def test_eval_reports_every_mode(indexed: Path, tmp_path: Path) -> None:
     assert report["fail_under"] == [] and report["ok"] is True
 
 
-def test_eval_table_misses_and_unknown_sources(indexed: Path, tmp_path: Path) -> None:
+def test_eval_table_misses_and_unknown_sources(indexed: Path, tmp_path: Path, kb: KbRunner) -> None:
     rows = GOLD[:2] + [{"id": "typo", "question": "How do I reset my password?", "sources": ["it/faq.md"]}]
     gold = write_gold(tmp_path / "gold.jsonl", rows)
     result = kb("eval", str(gold), "--mode", "bm25", "--mode", "dense")
@@ -140,7 +129,7 @@ def test_eval_table_misses_and_unknown_sources(indexed: Path, tmp_path: Path) ->
     assert "expected it/faq.md (not in the top 10)" in out
 
 
-def test_fail_under_exits_non_zero_with_the_missed_metric(indexed: Path, tmp_path: Path) -> None:
+def test_fail_under_exits_non_zero_with_the_missed_metric(indexed: Path, tmp_path: Path, kb: KbRunner) -> None:
     rows = GOLD[:2] + [{"id": "typo", "question": "How do I reset my password?", "sources": ["it/faq.md"]}]
     gold = write_gold(tmp_path / "gold.jsonl", rows)
     passed = kb("eval", str(gold), "--mode", "hybrid", "--fail-under", "hit@5=0.6")
@@ -152,7 +141,7 @@ def test_fail_under_exits_non_zero_with_the_missed_metric(indexed: Path, tmp_pat
     assert [c["ok"] for c in report["fail_under"]] == [False, True] and report["ok"] is False
 
 
-def test_eval_usage_errors(indexed: Path, tmp_path: Path) -> None:
+def test_eval_usage_errors(indexed: Path, tmp_path: Path, kb: KbRunner) -> None:
     gold = write_gold(tmp_path / "gold.jsonl", GOLD[:1])
     assert kb("eval", str(tmp_path / "nope.jsonl")).exit_code == 2
     result = kb("eval", str(gold), "--fail-under", "grounded=0.9")
@@ -166,7 +155,7 @@ def test_eval_usage_errors(indexed: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- answers judged by the model
 
 
-def test_answers_are_judged_with_scripted_replies(indexed: Path, databricks: DatabricksStub, tmp_path: Path) -> None:
+def test_answers_are_judged_with_scripted_replies(indexed: Path, databricks: DatabricksStub, tmp_path: Path, kb: KbRunner) -> None:
     gold = write_gold(tmp_path / "gold.jsonl", [GOLD[0], GOLD[2], GOLD[3], GOLD[4]])
     databricks.enqueue(
         Reply("Full-time employees get 23 vacation days per year [1].", usage={"prompt_tokens": 100, "completion_tokens": 10}),
@@ -203,7 +192,7 @@ def test_answers_are_judged_with_scripted_replies(indexed: Path, databricks: Dat
     assert "correctly declined" in decline_prompt and "dental" in decline_prompt
 
 
-def test_answers_table_and_answer_fail_under(indexed: Path, databricks: DatabricksStub, tmp_path: Path) -> None:
+def test_answers_table_and_answer_fail_under(indexed: Path, databricks: DatabricksStub, tmp_path: Path, kb: KbRunner) -> None:
     gold = write_gold(tmp_path / "gold.jsonl", [GOLD[0], GOLD[3]])
     databricks.enqueue(
         Reply("You get 23 days [1]."),

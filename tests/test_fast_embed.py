@@ -1,4 +1,4 @@
-"""The torch-free MiniLM encoder (ingest/fast_embed.py) against sentence-transformers, and the
+"""The torch-free MiniLM encoder (ingest/embeddings/fast_embed.py) against sentence-transformers, and the
 cached sha256 check of the weights."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest import fast_embed
-from ingest.embeddings import LocalMiniLMEmbeddings, minilm_path
+from ingest.embeddings import fast_embed, weights
+from ingest.embeddings.local import LocalMiniLMEmbeddings
+from ingest.embeddings.weights import minilm_path
 from ingest.errors import IngestError
 
 TEXTS = [
@@ -117,16 +118,14 @@ def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (model / "model.safetensors").write_bytes(b"weights " * 1000)
     sha = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    import ingest.embeddings
-
     calls: list[Path] = []
-    real = ingest.embeddings.verify_weights
+    real = weights.verify_weights
 
-    def counting(model_dir: Path, expected: str = ingest.embeddings.MINILM_SHA256) -> None:
+    def counting(model_dir: Path, expected: str = weights.MINILM_SHA256) -> None:
         calls.append(model_dir)
         real(model_dir, expected)
 
-    monkeypatch.setattr(ingest.embeddings, "verify_weights", counting)
+    monkeypatch.setattr(weights, "verify_weights", counting)
     return model, sha, calls
 
 
@@ -136,7 +135,7 @@ def test_weights_hashed_once_then_trusted_by_stat(fake_model) -> None:
     fast_embed.ensure_verified(model, sha)
     fast_embed.ensure_verified(model, sha)
     assert len(calls) == 1
-    stamp = json.loads(fast_embed._stamp_path().read_text())
+    stamp = json.loads(weights._stamp_path().read_text())
     assert list(stamp.values())[0]["sha256"] == sha
 
 
@@ -164,7 +163,7 @@ def test_a_stamp_for_another_hash_is_not_trusted(fake_model) -> None:
 
 def test_garbage_stamp_file_means_hashing_again(fake_model) -> None:
     model, sha, calls = fake_model
-    path = fast_embed._stamp_path()
+    path = weights._stamp_path()
     path.parent.mkdir(parents=True)
     path.write_text("not json")
     fast_embed.ensure_verified(model, sha)

@@ -1,4 +1,4 @@
-"""The chromadb-free query snapshot (ingest/snapshot.py): same answers as Chroma, never stale."""
+"""The chromadb-free query snapshot (ingest/store/snapshot.py): same answers as Chroma, never stale."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 
 from agent.retrieval import build_retriever
 from agent.settings import load_settings
-from ingest import snapshot
-from ingest.embeddings import LocalMiniLMEmbeddings
+from ingest.embeddings.local import LocalMiniLMEmbeddings
 from ingest.errors import EmbeddingMismatchError
-from ingest.store import KbChroma, open_store
+from ingest.store import snapshot
+from ingest.store.base import Filter, all_ids
+from ingest.store.chroma import ChromaChunkStore, open_store
 
 QUESTIONS = [
     "How many vacation days do I get?",
@@ -50,10 +51,8 @@ def _retrievers(index_dir: Path, embeddings, **kwargs):
 
 def _add_chunk(index_dir: Path, embeddings, text: str, source: str = "new/zebra.md") -> None:
     store = open_store(index_dir, embeddings)
-    store._collection.add(
-        ids=[f"new-{source}"], embeddings=[embeddings.embed_query(text)], documents=[text],
-        metadatas=[{"source": source, "title": "Zebra", "section": "", "chunk": 0, "root": "/elsewhere"}],
-    )
+    store.upsert([f"new-{source}"], [text], [{"source": source, "title": "Zebra", "section": "", "chunk": 0,
+                                              "root": "/elsewhere"}], [embeddings.embed_query(text)])
 
 
 @pytest.mark.slow
@@ -70,7 +69,7 @@ def test_ingest_writes_a_snapshot_that_queries_use(indexed: Path, embeddings) ->
 def test_same_results_as_chroma(indexed: Path, embeddings, mode: str) -> None:
     for k in (1, 3, 8):
         fast, slow = _retrievers(indexed, embeddings, k=k, mode=mode)
-        assert isinstance(fast.store, snapshot.SnapshotStore) and isinstance(slow.store, KbChroma)
+        assert isinstance(fast.store, snapshot.SnapshotStore) and isinstance(slow.store, ChromaChunkStore)
         for question in QUESTIONS:
             a, b = fast.invoke(question), slow.invoke(question)
             assert [(d.id, d.page_content) for d in a] == [(d.id, d.page_content) for d in b], question
@@ -87,40 +86,35 @@ def test_same_results_as_chroma(indexed: Path, embeddings, mode: str) -> None:
 def test_dense_neighbours_and_distances_match(indexed: Path, embeddings) -> None:
     fast = snapshot.open_snapshot_store(indexed, embeddings)
     slow = open_store(indexed, embeddings)
-    total = slow._collection.count()
+    total = slow.count()
     for question in QUESTIONS:
         vector = embeddings.embed_query(question)
-        a = fast.similarity_search_by_vector_with_relevance_scores(vector, k=total)
-        b = slow.similarity_search_by_vector_with_relevance_scores(vector, k=total)
-        assert [d.id for d, _ in a] == [d.id for d, _ in b]
-        assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
-        assert [d.metadata for d, _ in a] == [d.metadata for d, _ in b]
+        a = fast.nearest(vector, total)
+        b = slow.nearest(vector, total)
+        assert [h.id for h in a] == [h.id for h in b]
+        assert np.allclose([h.distance for h in a], [h.distance for h in b], atol=1e-5)
+        assert [(h.text, h.metadata) for h in a] == [(h.text, h.metadata) for h in b]
 
 
 @pytest.mark.slow
-def test_collection_reads_match_chroma(indexed: Path, embeddings) -> None:
-    fast = snapshot.open_snapshot_store(indexed, embeddings)._collection
-    slow = open_store(indexed, embeddings)._collection
+def test_store_reads_match_chroma(indexed: Path, embeddings) -> None:
+    fast = snapshot.open_snapshot_store(indexed, embeddings)
+    slow = open_store(indexed, embeddings)
     assert fast.count() == slow.count() > 3
-    assert fast.metadata["kb_embedding"] == slow.metadata["kb_embedding"]
-    everything = slow.get(include=["documents", "metadatas"])
-    ids = everything["ids"]
-    paged = []
-    for offset in range(0, len(ids), 4):
-        paged.extend(fast.get(include=[], limit=4, offset=offset)["ids"])
-    assert paged == ids
+    assert fast.model_id == slow.model_id == embeddings.model_id and fast.dimension == slow.dimension == 384
+    ids = all_ids(slow)
+    assert [i for page in fast.scan(page_size=4, texts=False, metadatas=False) for i in page.ids] == ids
     some = ids[::3] + ["no-such-id"]
-    a = fast.get(ids=some, include=["documents", "metadatas", "embeddings"])
-    b = slow.get(ids=some, include=["documents", "metadatas", "embeddings"])
-    mine = dict(zip(a["ids"], zip(a["documents"], a["metadatas"], a["embeddings"])))
-    theirs = dict(zip(b["ids"], zip(b["documents"], b["metadatas"], b["embeddings"])))
-    assert mine.keys() == theirs.keys() == set(ids[::3])
-    for cid, (text, meta, vector) in theirs.items():
-        assert mine[cid][0] == text and mine[cid][1] == meta
-        assert np.allclose(mine[cid][2], vector, atol=1e-6)
-    # A filter the snapshot does not serve is answered by Chroma itself.
-    source = everything["metadatas"][0]["source"]
-    assert sorted(fast.get(where={"source": source})["ids"]) == sorted(slow.get(where={"source": source})["ids"])
+    a = fast.get(some, vectors=True)
+    b = slow.get(some, vectors=True)
+    assert a.ids == b.ids == ids[::3] and a.texts == b.texts and a.metadatas == b.metadatas
+    assert np.allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-6)
+    # Filters are served by the snapshot itself, with Chroma's answers.
+    source = b.metadatas[0]["source"]
+    for where in (Filter(equals={"source": source}), Filter(source_prefix=source.split("/")[0] + "/")):
+        assert all_ids(fast, where) == all_ids(slow, where) != []
+        vector = embeddings.embed_query("vacation days")
+        assert [h.id for h in fast.nearest(vector, 3, filter=where)] == [h.id for h in slow.nearest(vector, 3, filter=where)]
 
 
 @pytest.mark.slow
@@ -129,11 +123,11 @@ def test_a_changed_index_is_never_served_stale(index_copy: Path, embeddings) -> 
     _add_chunk(index_copy, embeddings, "Zebra crossings: staff must use the zebra crossing at the car park.")
     assert snapshot.open_snapshot_store(index_copy, embeddings) is None  # Chroma moved on
     retriever = build_retriever(load_settings(), k=3, mode="dense")
-    assert isinstance(retriever.store, KbChroma)
+    assert isinstance(retriever.store, ChromaChunkStore)
     assert retriever.invoke("zebra crossing at the car park")[0].metadata["source"] == "new/zebra.md"
     # The next ingest (here: its last step) publishes a snapshot matching Chroma again.
-    assert snapshot.sync_snapshot(index_copy, open_store(index_copy, embeddings)._collection) is True
-    assert snapshot.sync_snapshot(index_copy, open_store(index_copy, embeddings)._collection) is False  # up to date
+    assert snapshot.sync_snapshot(index_copy, open_store(index_copy, embeddings)) is True
+    assert snapshot.sync_snapshot(index_copy, open_store(index_copy, embeddings)) is False  # up to date
     retriever = build_retriever(load_settings(), k=3, mode="dense")
     assert isinstance(retriever.store, snapshot.SnapshotStore)
     assert retriever.invoke("zebra crossing at the car park")[0].metadata["source"] == "new/zebra.md"
@@ -143,10 +137,10 @@ def test_a_changed_index_is_never_served_stale(index_copy: Path, embeddings) -> 
 def test_a_long_lived_reader_follows_changes(index_copy: Path, embeddings, monkeypatch: pytest.MonkeyPatch) -> None:
     retriever = build_retriever(load_settings(), k=3, mode="dense")
     assert isinstance(retriever.store, snapshot.SnapshotStore)
-    before = retriever.store._collection.count()
+    before = retriever.store.count()
     _add_chunk(index_copy, embeddings, "Zebra crossings: staff must use the zebra crossing at the car park.")
     monkeypatch.setattr(snapshot, "RECHECK_SECONDS", 0.0)
-    assert retriever.store._collection.count() == before + 1  # now answered by Chroma
+    assert retriever.store.count() == before + 1 and not retriever.store.serving_snapshot  # now answered by Chroma
     assert retriever.invoke("zebra crossing at the car park")[0].metadata["source"] == "new/zebra.md"
 
 
@@ -169,14 +163,14 @@ def test_no_snapshot_published_if_chroma_changes_during_export(index_copy: Path,
     def moving(index_dir: Path):
         calls.append(1)
         fp = real(index_dir)
-        return fp if len(calls) == 1 else {**fp, "log_seq": (fp["log_seq"] or 0) + 1}
+        return fp if len(calls) == 1 else {**fp, "generation": fp["generation"] + 1}
 
     monkeypatch.setattr(snapshot, "fingerprint", moving)
-    assert snapshot.sync_snapshot(index_copy, open_store(index_copy, embeddings)._collection) is False
+    assert snapshot.sync_snapshot(index_copy, open_store(index_copy, embeddings)) is False
     assert snapshot.read_state(index_copy) is None
     monkeypatch.setattr(snapshot, "fingerprint", real)
     assert snapshot.open_snapshot_store(index_copy, embeddings) is None
-    assert isinstance(build_retriever(load_settings()).store, KbChroma)  # the regular path still works
+    assert isinstance(build_retriever(load_settings()).store, ChromaChunkStore)  # the regular path still works
 
 
 def test_no_index_means_no_fast_path(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from ingest.formats.notebooks import load_ipynb
 from ingest.formats.pdf import load_pdf
 from ingest.formats.tabular import load_csv, load_json, load_jsonl
 from ingest.formats.web import html_to_markdown, load_html
-from ingest.lexical import STOPWORDS, tokenize
+from ingest.store.lexical import STOPWORDS, tokenize
 from ingest.split import CHUNK_SIZE, MAX_SECTION_CHARS, split_document
 
 FUZZ = settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -317,8 +317,8 @@ def hostile_corpus(root: Path) -> dict[str, str | None]:
 
 
 def test_a_hostile_corpus_goes_through_the_real_ingest(tmp_path: Path) -> None:
-    from ingest.isolation import ParseLimits
-    from ingest.sync import ingest
+    from ingest.sync.isolation import ParseLimits
+    from ingest.sync.job import ingest
 
     root = tmp_path / "hostile"
     root.mkdir()

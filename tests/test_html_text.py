@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ingest.loaders import SkipFile, SourceFile, load
-from ingest.records import NoRecords
+from ingest.sync.records import NoRecords
 from ingest.split import split_document
-from ingest.sync import make_plan
+from ingest.sync.plan import make_plan
 
 # The page of the issue: only "# Expense policy" was indexed, with no warning.
 EXPENSE_POLICY = """<!doctype html>

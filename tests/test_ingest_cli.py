@@ -7,16 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
+from tests.conftest import KbRunner
 from tests.corpus import make_pdf
-
-
-def kb(*args: str):
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
 
 
 @pytest.fixture
@@ -49,7 +42,7 @@ def mixed(tmp_path: Path) -> Path:
     return root
 
 
-def test_everything_readable_is_indexed_and_every_skip_is_reported(env: Path, mixed: Path) -> None:
+def test_everything_readable_is_indexed_and_every_skip_is_reported(env: Path, mixed: Path, kb: KbRunner) -> None:
     result = kb("ingest", str(mixed), "--json")
     assert result.exit_code == 0, result.stderr  # skips are warnings
     summary = json.loads(result.stdout)
@@ -77,13 +70,13 @@ def test_everything_readable_is_indexed_and_every_skip_is_reported(env: Path, mi
     assert top("dessert menu offsite")["source"] == "Crème brûlée notes.txt"
 
 
-def test_strict_turns_any_skip_into_a_failure(env: Path, mixed: Path) -> None:
+def test_strict_turns_any_skip_into_a_failure(env: Path, mixed: Path, kb: KbRunner) -> None:
     result = kb("ingest", str(mixed), "--strict")
     assert result.exit_code == 3
     assert result.stderr.strip().endswith("error: 7 file(s) skipped and --strict is set")
 
 
-def test_nothing_indexable_fails(env: Path, tmp_path: Path) -> None:
+def test_nothing_indexable_fails(env: Path, tmp_path: Path, kb: KbRunner) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.md").write_text("", encoding="utf-8")
@@ -96,7 +89,7 @@ def test_nothing_indexable_fails(env: Path, tmp_path: Path) -> None:
     assert result.exit_code == 3 and f"error: no documents found in {empty}" in result.stderr
 
 
-def test_dry_run_lists_the_plan(env: Path, corpus: Path) -> None:
+def test_dry_run_lists_the_plan(env: Path, corpus: Path, kb: KbRunner) -> None:
     result = kb("ingest", str(corpus), "--dry-run")
     assert result.exit_code == 0
     assert "Would index" in result.stdout and "5 added" in result.stdout
@@ -107,7 +100,7 @@ def test_dry_run_lists_the_plan(env: Path, corpus: Path) -> None:
     assert data["dry_run"] is True and {f["source"] for f in data["files"]} >= {"hr/pto.md", "finance/expenses.pdf"}
 
 
-def test_size_cap_setting(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_size_cap_setting(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "big.txt").write_text("word " * 3000, encoding="utf-8")
@@ -122,7 +115,7 @@ def test_size_cap_setting(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert bad.exit_code == 2 and bad.stderr.startswith("error: invalid KB_MAX_FILE_MB")
 
 
-def test_a_damaged_index_is_one_clear_error(env: Path, corpus: Path) -> None:
+def test_a_damaged_index_is_one_clear_error(env: Path, corpus: Path, kb: KbRunner) -> None:
     chroma = Path(os.environ["KB_INDEX_DIR"]) / "chroma"
     chroma.mkdir(parents=True)
     (chroma / "chroma.sqlite3").write_bytes(b"this is not a database" * 100)

@@ -1,6 +1,6 @@
 """Crash and concurrency safety with real processes.
 
-A worker process runs ``ingest.sync.ingest`` (what ``kb ingest`` runs) with a fast deterministic
+A worker process runs ``ingest.sync.job.ingest`` (what ``kb ingest`` runs) with a fast deterministic
 embedding (a 32-dim hash: no model to load, so each process starts in about a second), printing a
 ``progress done total`` line after each batch is upserted. Tests ``kill -9`` it at chosen moments,
 run it again, and check that the index converges; others query the index while it writes. One test
@@ -22,16 +22,18 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from ingest.records import NoRecords
-from ingest.store import open_store
-from ingest.sync import make_plan
+from ingest.store.base import Filter, all_ids
+from ingest.store.chroma import open_store
+from ingest.sync.plan import make_plan
+from ingest.sync.records import NoRecords
+from tests.conftest import kb_command
 from tests.test_sync import HashEmbeddings
 
 WORKER = r"""
 import hashlib, json, sys, time
 from pathlib import Path
 from langchain_core.embeddings import Embeddings
-from ingest.sync import ingest
+from ingest.sync.job import ingest
 
 corpus, index, batch, delay, rebuild = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
 
@@ -74,8 +76,9 @@ def expected_ids(root: Path) -> set[str]:
 
 
 def index_state(index_dir: Path) -> tuple[set[str], list[tuple]]:
-    got = open_store(index_dir, HashEmbeddings())._collection.get(include=["metadatas"])
-    return set(got["ids"]), [(m["root"], m["source"], m["chunk"]) for m in got["metadatas"]]
+    pages = list(open_store(index_dir, HashEmbeddings()).scan(texts=False))
+    return ({i for page in pages for i in page.ids},
+            [(m["root"], m["source"], m["chunk"]) for page in pages for m in page.metadatas])
 
 
 def start_worker(corpus: Path, index_dir: Path, *, batch: int = 8, delay: float = 0.05, rebuild: bool = False):
@@ -209,7 +212,7 @@ def test_queries_during_ingest_and_rebuild_never_fail(tmp_path: Path) -> None:
         while proc.poll() is None:
             for store in (open_store(index_dir, HashEmbeddings()), long_lived):  # a CLI call, and the API
                 try:
-                    hits = store.similarity_search_with_score("topic3 note 1", k=3)
+                    hits = store.nearest(store.embeddings.embed_query("topic3 note 1"), 3)
                     if len(hits) != 3:
                         errors.append(f"{len(hits)} hits")
                 except Exception as exc:  # noqa: BLE001 - any failure is what this test looks for
@@ -220,14 +223,14 @@ def test_queries_during_ingest_and_rebuild_never_fail(tmp_path: Path) -> None:
         assert proc.returncode == 0, stderr
     assert errors == [] and queries > 20
     time.sleep(1.1)
-    assert long_lived._collection.name == open_store(index_dir, HashEmbeddings())._collection.name  # followed
-    assert long_lived._collection.get(where={"source": "extra/more-25.md"}, include=[])["ids"]
+    assert long_lived.name == open_store(index_dir, HashEmbeddings()).name  # followed
+    assert all_ids(long_lived, Filter(equals={"source": "extra/more-25.md"}))
 
 
 @pytest.mark.slow
 def test_kb_search_while_the_real_kb_ingest_runs(tmp_path: Path, env: Path, monkeypatch) -> None:
-    from ingest.embeddings import LocalMiniLMEmbeddings
-    from ingest.sync import ingest
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
+    from ingest.sync.job import ingest
 
     corpus = tmp_path / "docs"
     (corpus / "hr").mkdir(parents=True)
@@ -235,8 +238,7 @@ def test_kb_search_while_the_real_kb_ingest_runs(tmp_path: Path, env: Path, monk
     index_dir = Path(os.environ["KB_INDEX_DIR"])
     ingest([corpus], index_dir, LocalMiniLMEmbeddings())
     make_corpus(corpus / "more", 8)  # about sixty chunks for the real model to embed
-    kb = Path(sys.executable).with_name("kb")
-    proc = subprocess.Popen([str(kb), "ingest", str(corpus), "--json"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(kb_command("ingest", str(corpus), "--json"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     runner = CliRunner()
     results = []

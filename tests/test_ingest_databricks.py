@@ -9,21 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
-from ingest.embeddings import DatabricksEmbeddings
+from ingest.embeddings.databricks import DatabricksEmbeddings
 from ingest.errors import RemoteServerError
-from ingest.records import NoRecords
-from ingest.sync import make_plan
-from tests.conftest import CANARY
+from ingest.sync.records import NoRecords
+from ingest.sync.plan import make_plan
+from tests.conftest import CANARY, KbRunner
 from tests.databricks_stub import DatabricksStub, Embeddings, Error
-
-
-def kb(*args: str):
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr and CANARY not in result.stdout + result.stderr
-    return result
 
 
 def make_docs(root: Path, files: int = 10, poison: int | None = None) -> Path:
@@ -38,7 +30,7 @@ def make_docs(root: Path, files: int = 10, poison: int | None = None) -> Path:
 
 
 def index_ids(index_dir: Path) -> tuple[set[str], list[tuple]]:
-    from ingest.store import connect
+    from ingest.store.chroma import connect
 
     got = connect(index_dir).get_collection("kb_chunks").get(include=["metadatas", "embeddings"])
     assert all(len(v) == 16 for v in got["embeddings"])  # the stub's dimension
@@ -53,7 +45,7 @@ def volume(databricks: DatabricksStub, monkeypatch: pytest.MonkeyPatch) -> Datab
     return databricks
 
 
-def test_429s_and_a_500_back_off_without_losing_or_duplicating(volume: DatabricksStub, tmp_path: Path) -> None:
+def test_429s_and_a_500_back_off_without_losing_or_duplicating(volume: DatabricksStub, tmp_path: Path, kb: KbRunner) -> None:
     docs = make_docs(tmp_path / "docs")
     lock = threading.Lock()
     flight = {"now": 0, "peak": 0}
@@ -86,7 +78,7 @@ def test_429s_and_a_500_back_off_without_losing_or_duplicating(volume: Databrick
     assert again["chunks_embedded"] == 0 and len(volume.embedding_requests()) == len(requests)
 
 
-def test_a_permanent_failure_stops_cleanly_and_the_rerun_finishes(volume: DatabricksStub, tmp_path: Path) -> None:
+def test_a_permanent_failure_stops_cleanly_and_the_rerun_finishes(volume: DatabricksStub, tmp_path: Path, kb: KbRunner) -> None:
     docs = make_docs(tmp_path / "docs", files=12, poison=7)
 
     def poisoned(body: dict):

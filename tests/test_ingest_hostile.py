@@ -18,23 +18,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from ingest import loaders
 from ingest.documents import LoadedDocument, Section, SkipFile, SourceFile
-from ingest.isolation import ParseLimits, ParseWorker
-from ingest.records import Records, writer_lock
-from ingest.sync import ingest
+from ingest.store.folder import writer_lock
+from ingest.sync.isolation import ParseLimits, ParseWorker
+from ingest.sync.job import ingest
+from ingest.sync.records import Records
+from tests.conftest import KbRunner
 from tests.test_sync import HashEmbeddings
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def kb(*args: str):
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
 
 
 def good_docs(root: Path) -> Path:
@@ -299,7 +293,7 @@ def test_a_folder_deeper_than_the_os_allows_is_reported_and_the_walk_goes_on(
 
 @pytest.mark.parametrize("where", ["file", "under-file", "dev-null", "dev-null-child"])
 def test_an_unusable_index_dir_is_one_error_line_for_ingest_and_search(
-    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, kb: KbRunner
 ) -> None:
     docs = good_docs(tmp_path / "docs")
     (env / "a-file").write_text("not a folder", encoding="utf-8")
@@ -318,7 +312,7 @@ def test_an_unusable_index_dir_is_one_error_line_for_ingest_and_search(
 
 
 def test_an_index_dir_that_cannot_be_created_or_written_is_one_error_line(
-    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner
 ) -> None:
     """Root ignores permission bits, so this uses what even root cannot write: /sys (read-only or
     refusing new entries in containers). Skipped where /sys is writable."""
@@ -398,14 +392,15 @@ def test_checksum_finds_a_change_that_kept_size_and_mtime(tmp_path: Path) -> Non
     assert trusting.unchanged == 2 and trusting.changed == 0  # the default trusts size + mtime
     hashing = ingest([docs], index_dir, HashEmbeddings(), checksum=True)
     assert hashing.changed == 1 and hashing.chunks_embedded >= 1
-    from ingest.store import open_store
+    from ingest.store.base import Filter
+    from ingest.store.chroma import open_store
 
     store = open_store(index_dir, HashEmbeddings())
-    texts = store._collection.get(where={"source": "pto.md"}, include=["documents"])["documents"]
+    texts = [t for page in store.scan(filter=Filter(equals={"source": "pto.md"})) for t in page.texts]
     assert any("30 vacation days" in t for t in texts) and not any("25 vacation days" in t for t in texts)
 
 
-def test_cli_chunk_cap_and_checksum(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_chunk_cap_and_checksum(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     docs = good_docs(tmp_path / "docs")
     long_doc(docs / "huge.md", 6)
     monkeypatch.setenv("KB_MAX_CHUNKS_PER_FILE", "2")
@@ -416,10 +411,10 @@ def test_cli_chunk_cap_and_checksum(env: Path, tmp_path: Path, monkeypatch: pyte
     assert "truncated huge.md: " in human.stderr and "KB_MAX_CHUNKS_PER_FILE=2" in human.stderr
 
 
-def test_a_search_while_the_first_ingest_runs_says_so(env: Path, tmp_path: Path) -> None:
+def test_a_search_while_the_first_ingest_runs_says_so(env: Path, tmp_path: Path, kb: KbRunner) -> None:
     """The state of a first ``kb ingest`` before its first batch: lock held, collection empty."""
-    from ingest.embeddings import LOCAL_MODEL_ID
-    from ingest.store import connect, open_target
+    from ingest.embeddings.local import LOCAL_MODEL_ID
+    from ingest.store.chroma import connect, open_target
 
     local = type("Local", (), {"model_id": LOCAL_MODEL_ID})()  # what kb search will query with
     index_dir = Path(os.environ["KB_INDEX_DIR"])
@@ -428,7 +423,7 @@ def test_a_search_while_the_first_ingest_runs_says_so(env: Path, tmp_path: Path)
         assert result.exit_code == 3
         assert "'kb ingest' is still building the index at" in result.stderr and "empty" not in result.stderr
         client = connect(index_dir, create=True)
-        open_target(client, local, rebuild=False, where=str(index_dir))  # the empty first collection
+        open_target(client, local, rebuild=False, where=str(index_dir), index_dir=index_dir)  # the empty first collection
         result = kb("search", "vacation days")
         assert result.exit_code == 3, result.stdout
         lines = result.stderr.strip().splitlines()

@@ -11,24 +11,14 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.ledger import CallRecorder, Ledger, ledger_path, open_ledger
 from agent.llm import build_llm
 from agent.settings import load_settings
-from tests.conftest import CANARY
+from tests.conftest import CANARY, KbRunner
 from tests.databricks_stub import DatabricksStub, Error, Reply
 
-runner = CliRunner()
 SECRET_PROMPT = "ZEBRA-QUOKKA-7781 what is the PTO policy"  # must never reach the ledger
-
-
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    assert CANARY not in result.stdout + result.stderr
-    return result
 
 
 def _rows(path: Path) -> list[dict]:
@@ -158,7 +148,7 @@ def test_failed_call_is_recorded_as_error(databricks: DatabricksStub, monkeypatc
     assert "slow down" not in row["error"]
 
 
-def test_ask_records_a_row_and_stores_no_prompt_or_token(indexed: Path, databricks: DatabricksStub) -> None:
+def test_ask_records_a_row_and_stores_no_prompt_or_token(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.enqueue(Reply("You get 23 vacation days [1].", usage={"prompt_tokens": 321, "completion_tokens": 9}))
     question = f"How many vacation days do I get? {SECRET_PROMPT}"
     result = kb("ask", question, "--json")
@@ -176,7 +166,7 @@ def test_ask_records_a_row_and_stores_no_prompt_or_token(indexed: Path, databric
 
 
 def test_ingest_with_databricks_embeddings_records_each_request(
-    databricks: DatabricksStub, corpus: Path, monkeypatch
+    databricks: DatabricksStub, corpus: Path, monkeypatch, kb: KbRunner
 ) -> None:
     monkeypatch.setenv("KB_EMBEDDINGS", "databricks")
     monkeypatch.setenv("KB_USAGE_CONTEXT", json.dumps({"team": "platform"}))

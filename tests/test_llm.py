@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from agent.answer import run_answer
-from agent.chain import build_rag_chain
+from agent.rag.service import AnswerService
 from agent.errors import (
     AuthError,
     BadRequestError,
@@ -118,7 +117,7 @@ def test_rate_limit_is_retried_honouring_retry_after(databricks: DatabricksStub)
     limited = Error(429, "REQUEST_LIMIT_EXCEEDED", "Exceeded 2 requests per minute", headers={"Retry-After": "0.01"})
     databricks.enqueue(limited, limited, Reply("finally [1]"))
     result = _ask_with_fake_retriever()
-    assert result.answer == "finally [1]"
+    assert result.text == "finally [1]"
     assert len(databricks.chat_requests()) == 3
 
 
@@ -154,9 +153,10 @@ def _ask_with_fake_retriever():
     from langchain_core.runnables import RunnableLambda
 
     settings = load_settings()
-    passages = [Document(page_content="Employees get 23 vacation days.", metadata={"source": "hr/pto.md", "title": "PTO"})]
-    chain = build_rag_chain(settings, retriever=RunnableLambda(lambda q: passages))
-    return run_answer(chain, "how many days?", endpoint=settings.chat_endpoint, base_url=settings.serving_base_url)
+    passages = [Document(page_content="Employees get 23 vacation days.",
+                         metadata={"source": "hr/pto.md", "title": "PTO", "score": 0.9})]
+    service = AnswerService.from_settings(settings, command="ask", retriever=RunnableLambda(lambda q: passages))
+    return service.run("how many days?")
 
 
 def test_usage_is_reported_from_the_stream(databricks: DatabricksStub) -> None:

@@ -6,15 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.llm import one_tool_call_per_turn
 from agent.settings import load_settings
-from tests.conftest import CANARY
+from tests.conftest import CANARY, KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
-
-runner = CliRunner()
 
 SEARCH = {"name": "search_knowledge", "arguments": {"query": "vacation days", "k": 2}, "id": "call_s"}
 CALC = {"name": "calculate", "arguments": {"expression": "23 * 8"}, "id": "call_c"}
@@ -23,12 +19,6 @@ CALC = {"name": "calculate", "arguments": {"expression": "23 * 8"}, "id": "call_
 @pytest.fixture(autouse=True)
 def _plain_answers(stub_server: DatabricksStub) -> None:
     stub_server.default_responder = lambda body: Reply("Stub answer.")  # whatever an earlier test left
-
-
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr and CANARY not in result.stdout + result.stderr
-    return result
 
 
 def _agent(databricks: DatabricksStub, monkeypatch: pytest.MonkeyPatch, endpoint: str):
@@ -50,7 +40,7 @@ def test_the_agent_finishes_with_parallel_tool_calls_on_every_family(
     assistant message; kb sends what each accepts and the task finishes."""
     databricks.enqueue(Reply("", tool_calls=[SEARCH, CALC]), Reply("23 days are 184 hours [1]."))
     result, events = _agent(databricks, monkeypatch, endpoint)
-    answer = result["answer"] if isinstance(result, dict) else result.answer
+    answer = result.text
     assert answer.startswith("23 days are 184 hours")
     requests = databricks.chat_requests()
     assert len(requests) == 2  # no refused request, no retry
@@ -83,7 +73,7 @@ def test_the_stub_really_refuses_what_the_families_refuse(databricks: Databricks
 
 
 def test_claude_streamed_usage_with_null_completion_tokens(indexed: Path, databricks: DatabricksStub,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_CHAT_ENDPOINT", "databricks-claude-sonnet-4-5")
     databricks.enqueue(Reply("Full-time employees get 23 vacation days [1].", usage={"prompt_tokens": 300, "completion_tokens": 11}))
     result = kb("ask", "How many vacation days do I get?", "--json")
@@ -96,7 +86,7 @@ def test_claude_streamed_usage_with_null_completion_tokens(indexed: Path, databr
 
 @pytest.mark.parametrize("endpoint", ["databricks-gpt-oss-120b", "databricks-claude-sonnet-4-5"])
 def test_reasoning_and_thinking_blocks_stay_out_of_the_answer(endpoint: str, indexed: Path, databricks: DatabricksStub,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_CHAT_ENDPOINT", endpoint)
     blocks = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "SECRET-THOUGHTS weigh the passages"}]},
               {"type": "text", "text": "You get 23 days [1]."}]
@@ -111,7 +101,7 @@ def test_reasoning_and_thinking_blocks_stay_out_of_the_answer(endpoint: str, ind
 # ---------------------------------------------------------------- cut streams (issue 18, item 3)
 
 
-def test_kb_ask_marks_a_stream_that_ends_without_its_end(indexed: Path, databricks: DatabricksStub) -> None:
+def test_kb_ask_marks_a_stream_that_ends_without_its_end(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.enqueue(Reply("Full-time employees get twenty three days of paid leave", end_after_chunks=3))
     result = kb("ask", "How many vacation days do I get?")
     assert result.exit_code == 4
@@ -119,7 +109,7 @@ def test_kb_ask_marks_a_stream_that_ends_without_its_end(indexed: Path, databric
     assert "incomplete" in result.stderr and "cut off" in result.stderr
 
 
-def test_kb_agent_marks_a_cut_stream(indexed: Path, databricks: DatabricksStub) -> None:
+def test_kb_agent_marks_a_cut_stream(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.enqueue(Reply("Full-time employees get twenty three days of paid leave", end_after_chunks=3))
     result = kb("agent", "How many vacation days do I get?")
     assert result.exit_code == 4, result.stdout + result.stderr

@@ -288,8 +288,8 @@ def test_every_regex_survives_long_adversarial_lines(group: str) -> None:
 
 def test_text_functions_survive_long_adversarial_lines() -> None:
     targets = {"ingest.formats.markup.heading_text": [], "ingest.formats.markup.front_matter_title": [],
-               "ingest.lexical.tokenize": [], "ingest.formats.pdf._clean": [], "agent.chain.cited_numbers": [],
-               "agent.evaluate.parse_judgement": [], "agent.conversation.clean_query": ["fallback"]}
+               "ingest.store.lexical.tokenize": [], "ingest.formats.pdf._clean": [], "agent.chain.cited_numbers": [],
+               "agent.evaluate.parse_judgement": [], "agent.rag.service.clean_query": ["fallback"]}
     cases = [
         {"id": _case_id(target, label), "kind": "call", "target": target, "args": args, "input": spec}
         for target, args in targets.items()

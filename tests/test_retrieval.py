@@ -10,9 +10,9 @@ import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from agent.retrieval import KnowledgeRetriever, fuse_convex, fuse_rrf, is_relevant, best_relevance
-from ingest.lexical import LexicalIndex, lexical_dir, read_state, sync_lexical, tokenize
-from ingest.store import open_store
-from ingest.sync import ingest
+from ingest.store.chroma import open_store
+from ingest.store.lexical import LexicalIndex, lexical_dir, read_state, sync_lexical, tokenize
+from ingest.sync.job import ingest
 
 
 def fake_embeddings() -> DeterministicFakeEmbedding:
@@ -34,7 +34,7 @@ def sections(title: str, bodies: list[str]) -> str:
 
 
 def retriever(index_dir: Path, **params) -> KnowledgeRetriever:
-    return KnowledgeRetriever(store=open_store(index_dir, fake_embeddings()), index_dir=index_dir, **params)
+    return KnowledgeRetriever(store=open_store(index_dir, fake_embeddings()), **params)
 
 
 # ---------------------------------------------------------------- pure functions
@@ -137,10 +137,10 @@ def test_sync_lexical_reports_whether_it_rebuilt(tmp_path: Path) -> None:
     docs = write(tmp_path / "docs", {"a.md": sections("Alpha", ["Wombats dig burrows."])})
     index_dir = tmp_path / "index"
     ingest([docs], index_dir, fake_embeddings())
-    collection = open_store(index_dir, fake_embeddings())._collection
-    assert sync_lexical(index_dir, collection) is False
+    store = open_store(index_dir, fake_embeddings())
+    assert sync_lexical(index_dir, store) is False
     (lexical_dir(index_dir) / "current.json").write_text("{not json")
-    assert sync_lexical(index_dir, collection) is True and read_state(index_dir)["count"] == 1
+    assert sync_lexical(index_dir, store) is True and read_state(index_dir)["count"] == 1
 
 
 def test_a_long_lived_retriever_follows_a_reingest(tmp_path: Path) -> None:

@@ -7,42 +7,37 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
-from tests.conftest import CANARY
+from tests.conftest import KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
 
-runner = CliRunner()
+
+@pytest.fixture
+def search(kb: KbRunner):
+    """``search(*args)``: ``kb search ... --json``, checked to succeed, as parsed JSON."""
+
+    def run(*args: str) -> dict:
+        result = kb("search", *args, "--json")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    return run
 
 
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    assert CANARY not in result.stdout + result.stderr
-    return result
-
-
-def search(*args: str) -> dict:
-    result = kb("search", *args, "--json")
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def test_each_mode_finds_the_right_document(indexed: Path) -> None:
+def test_each_mode_finds_the_right_document(indexed: Path, search) -> None:
     for mode in ("dense", "bm25", "hybrid"):
         data = search("Tunnelbear client for the VPN", "--mode", mode, "-k", "3")
         assert data["mode"] == mode
         assert data["results"][0]["source"] == "it/vpn.html", mode
 
 
-def test_bm25_finds_exact_names_the_words_share(indexed: Path) -> None:
+def test_bm25_finds_exact_names_the_words_share(indexed: Path, search) -> None:
     data = search("Dana Whitfield", "--mode", "bm25", "-k", "2")
     assert data["results"][0]["source"] == "finance/expenses.pdf"
     assert data["results"][0]["score"] > 0  # BM25 score, not a cosine
 
 
-def test_default_mode_comes_from_the_setting(indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_mode_comes_from_the_setting(indexed: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner, search) -> None:
     assert search("vacation days")["mode"] == "hybrid"
     monkeypatch.setenv("KB_SEARCH_MODE", "bm25")
     assert search("vacation days")["mode"] == "bm25"
@@ -51,13 +46,13 @@ def test_default_mode_comes_from_the_setting(indexed: Path, monkeypatch: pytest.
     assert result.exit_code == 2 and "invalid KB_SEARCH_MODE" in result.stderr
 
 
-def test_unknown_mode_is_a_usage_error(indexed: Path) -> None:
+def test_unknown_mode_is_a_usage_error(indexed: Path, kb: KbRunner) -> None:
     result = kb("search", "vacation", "--mode", "fuzzy")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown search mode 'fuzzy'")
 
 
-def test_explain_json_has_both_rankings_and_the_fused_score(indexed: Path) -> None:
+def test_explain_json_has_both_rankings_and_the_fused_score(indexed: Path, search) -> None:
     data = search("who approves expenses over 800 euros", "--mode", "hybrid", "--explain", "-k", "3")
     top = data["results"][0]
     assert top["source"] == "finance/expenses.pdf"
@@ -69,7 +64,7 @@ def test_explain_json_has_both_rankings_and_the_fused_score(indexed: Path) -> No
     assert "explain" not in search("who approves expenses", "-k", "1")["results"][0]
 
 
-def test_explain_table(indexed: Path) -> None:
+def test_explain_table(indexed: Path, kb: KbRunner) -> None:
     result = kb("search", "Tunnelbear", "--mode", "dense", "--explain", "-k", "2")
     assert result.exit_code == 0
     for column in ("dense rank", "cosine", "bm25 rank", "fused"):
@@ -80,7 +75,7 @@ def test_explain_table(indexed: Path) -> None:
 # ---------------------------------------------------------------- refusal
 
 
-def test_ask_refuses_when_nothing_is_relevant(indexed: Path, databricks: DatabricksStub) -> None:
+def test_ask_refuses_when_nothing_is_relevant(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     result = kb("ask", "What is the capital of Australia?")
     assert result.exit_code == 0, result.stderr
     assert "The knowledge base does not cover this" in result.stdout
@@ -88,7 +83,7 @@ def test_ask_refuses_when_nothing_is_relevant(indexed: Path, databricks: Databri
     assert databricks.chat_requests() == []  # the model is not asked to guess
 
 
-def test_refusal_json_and_the_floor_setting(indexed: Path, databricks: DatabricksStub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refusal_json_and_the_floor_setting(indexed: Path, databricks: DatabricksStub, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_MIN_RELEVANCE", "0.99")
     data = json.loads(kb("ask", "How many vacation days do I get?", "--json").stdout)
     assert data["refused"] is True and data["sources"] == []
@@ -97,7 +92,7 @@ def test_refusal_json_and_the_floor_setting(indexed: Path, databricks: Databrick
     assert databricks.chat_requests() == []
 
 
-def test_relevant_questions_still_reach_the_model(indexed: Path, databricks: DatabricksStub) -> None:
+def test_relevant_questions_still_reach_the_model(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.enqueue(Reply("You get 23 vacation days per year [1]."))
     result = kb("ask", "How many vacation days do I get?", "--mode", "bm25", "--explain", "--json")
     assert result.exit_code == 0, result.stderr
@@ -108,7 +103,7 @@ def test_relevant_questions_still_reach_the_model(indexed: Path, databricks: Dat
     assert len(databricks.chat_requests()) == 1
 
 
-def test_refusal_floor_out_of_range_is_a_config_error(indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refusal_floor_out_of_range_is_a_config_error(indexed: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     monkeypatch.setenv("KB_MIN_RELEVANCE", "1.5")
     result = kb("search", "vacation")
     assert result.exit_code == 2 and result.stderr.startswith("error: invalid KB_MIN_RELEVANCE")

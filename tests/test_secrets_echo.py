@@ -28,19 +28,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 from agent.api import create_app
-from agent.cli import app as cli_app
 from agent.logs import MASK, configure_logging
 from agent.settings import load_settings
+from tests.conftest import KbRunner
 
 TOKEN = "kbcanary-QX7Z-c4n4ry-91f2e8"  # registered when settings load; no pattern knows it
 UNREGISTERED = "dapi0123456789abcdef0123456789ab"  # never configured: masked by its shape
 KEY = "api-key-for-the-echo-tests-0123"
 QUESTION = "How many vacation days do I get?"
-
-runner = CliRunner()
 
 
 # ---------------------------------------------------------------- the echoing endpoint
@@ -179,11 +176,10 @@ def _assert_clean(text: str, where: str) -> None:
     assert "Traceback" not in text, f"a traceback in {where}:\n{text[-3000:]}"
 
 
-def kb(*args: str, input: str | None = None):
-    result = runner.invoke(cli_app, list(args), input=input, catch_exceptions=False)
-    _assert_clean(result.stdout, f"stdout of kb {' '.join(args)}")
-    _assert_clean(result.stderr, f"stderr of kb {' '.join(args)}")
-    return result
+@pytest.fixture
+def kb(kb: KbRunner) -> KbRunner:
+    """The shared runner, also checking this file's secrets."""
+    return kb.forbid(TOKEN, UNREGISTERED)
 
 
 # (mode, status): error bodies for each class of failure, headers, a redirect, SSE error events
@@ -193,7 +189,7 @@ LOGGING = [[], ["--verbose"], ["--verbose", "--log-json"]]
 
 
 @pytest.mark.parametrize(("mode", "status"), FAILURES)
-def test_cli_never_prints_an_echoed_token(indexed: Path, echo: _Server, env: Path, mode: str, status: int) -> None:
+def test_cli_never_prints_an_echoed_token(indexed: Path, echo: _Server, env: Path, mode: str, status: int, kb: KbRunner) -> None:
     echo.mode, echo.status = mode, status
     runs = [
         ("ask", QUESTION), ("ask", QUESTION, "--json"),
@@ -209,7 +205,7 @@ def test_cli_never_prints_an_echoed_token(indexed: Path, echo: _Server, env: Pat
     _assert_clean(_ledger_bytes(env).decode("latin-1"), "the usage ledger")
 
 
-def test_the_error_still_says_what_happened(indexed: Path, echo: _Server) -> None:
+def test_the_error_still_says_what_happened(indexed: Path, echo: _Server, kb: KbRunner) -> None:
     """Redaction masks the secret, not the message: the upstream's words and the status remain."""
     echo.mode, echo.status = "body", 401
     result = kb("ask", QUESTION)
@@ -219,7 +215,7 @@ def test_the_error_still_says_what_happened(indexed: Path, echo: _Server) -> Non
 
 
 def test_databricks_embeddings_search_and_ingest_never_print_an_echoed_token(
-    echo: _Server, env: Path, monkeypatch: pytest.MonkeyPatch
+    echo: _Server, env: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner
 ) -> None:
     monkeypatch.setenv("KB_EMBEDDINGS", "databricks")
     docs = env / "docs"

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from contextlib import closing
@@ -25,8 +24,8 @@ import httpx
 import pytest
 
 from agent.tools import MAX_DOCUMENT_BYTES
-from ingest.records import Records
-from tests.conftest import CANARY
+from ingest.sync.records import Records
+from tests.conftest import CANARY, kb_command
 from tests.databricks_stub import DatabricksStub, Reply
 
 pytestmark = pytest.mark.slow
@@ -110,7 +109,7 @@ def server(stub_server: DatabricksStub, built_index: Path, tmp_path_factory: pyt
     })
     port = _free_port()
     log = (work / "serve.log").open("w+")
-    process = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--port", str(port)],
+    process = subprocess.Popen(kb_command("serve", "--port", str(port)),
                                cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

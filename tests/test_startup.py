@@ -67,8 +67,8 @@ def test_search_process_loads_neither_torch_nor_chroma_and_matches_the_slow_path
     # embedded by sentence-transformers.
     from agent.retrieval import build_retriever
     from agent.settings import load_settings
-    from ingest.embeddings import LocalMiniLMEmbeddings
-    from ingest.store import open_store
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
+    from ingest.store.chroma import open_store
 
     class ReferenceQueries(LocalMiniLMEmbeddings):
         def embed_query(self, text: str) -> list[float]:

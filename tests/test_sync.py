@@ -13,9 +13,11 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from ingest.errors import IndexBusyError, RemoteServerError
-from ingest.records import NoRecords, Records, writer_lock
-from ingest.store import connect, names, open_store
-from ingest.sync import ingest, make_plan
+from ingest.store.chroma import connect, names, open_store
+from ingest.store.folder import writer_lock
+from ingest.sync.job import ingest
+from ingest.sync.plan import make_plan
+from ingest.sync.records import NoRecords, Records
 
 
 class HashEmbeddings(Embeddings):
@@ -74,9 +76,8 @@ def age(root: Path, seconds: float = 60) -> None:
 
 
 def chunks_in(index_dir: Path) -> dict[str, dict]:
-    collection = open_store(index_dir, HashEmbeddings())._collection
-    got = collection.get(include=["metadatas"])
-    return dict(zip(got["ids"], got["metadatas"]))
+    pages = open_store(index_dir, HashEmbeddings()).scan(texts=False)
+    return {cid: meta for page in pages for cid, meta in zip(page.ids, page.metadatas)}
 
 
 def expected_ids(*roots: Path) -> set[str]:
@@ -105,7 +106,7 @@ def index_dir(tmp_path: Path) -> Path:
 def test_unchanged_rerun_embeds_nothing_and_reads_nothing(docs: Path, index_dir: Path, monkeypatch) -> None:
     first = ingest([docs], index_dir, HashEmbeddings())
     assert (first.added, first.chunks_embedded) == (4, first.chunks_total) and first.chunks_total > 10
-    import ingest.sync as sync
+    import ingest.sync.plan as sync
 
     def no_read(*args, **kwargs):
         raise AssertionError("an unchanged file was read")
@@ -242,14 +243,14 @@ def test_dry_run_prints_the_plan_and_touches_nothing(docs: Path, index_dir: Path
 def test_rebuild_keeps_queries_on_the_old_index_until_the_new_one_is_ready(docs: Path, index_dir: Path) -> None:
     ingest([docs], index_dir, HashEmbeddings())
     reader = open_store(index_dir, HashEmbeddings())  # a long-lived reader, like the API
-    old_name = reader._collection.name
+    old_name = reader.name
     summary = ingest([docs], index_dir, HashEmbeddings(), rebuild=True)
     assert summary.added == 4 and summary.chunks_embedded == summary.chunks_total
     client = connect(index_dir)
     assert old_name in names(client)  # still readable by anyone who opened it before the switch
     time.sleep(1.1)
-    assert reader._collection.name != old_name and reader.similarity_search("pager", k=1)
-    assert open_store(index_dir, HashEmbeddings())._collection.name == reader._collection.name
+    assert reader.name != old_name and reader.nearest(HashEmbeddings().embed_query("pager"), 1)
+    assert open_store(index_dir, HashEmbeddings()).name == reader.name
     ingest([docs], index_dir, HashEmbeddings())
     assert old_name not in names(connect(index_dir))  # dropped by the next writer
     assert_consistent(index_dir, docs)
@@ -261,7 +262,7 @@ def test_broken_files_are_remembered_and_retried_once_changed(docs: Path, index_
     age(docs)
     first = ingest([docs], index_dir, HashEmbeddings())
     assert [s.source for s in first.skipped] == ["eng/services.json"]
-    import ingest.sync as sync
+    import ingest.sync.plan as sync
 
     loads = []
     real_load = sync.load

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 from rich.console import Console
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.terminal import clean, literal, markup
+from tests.conftest import KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
 
 ESC = "\x1b"
@@ -29,14 +28,6 @@ HOSTILE = (
 )
 EVIL_NAME = f"{ESC}[31mevil{ESC}[0m :x: [bold]name.md"
 FORBIDDEN = [ESC, "\x9b", "\u202e", "\x07", "❌", "😄"]
-
-runner = CliRunner()
-
-
-def kb(*args: str, input: str | None = None):
-    result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
 
 
 def assert_literal(text: str) -> None:
@@ -94,8 +85,8 @@ def test_clean_is_linear_on_adversarial_input() -> None:
 
 @pytest.fixture(scope="module")
 def hostile_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from ingest.embeddings import LocalMiniLMEmbeddings
-    from ingest.sync import ingest
+    from ingest.embeddings.local import LocalMiniLMEmbeddings
+    from ingest.sync.job import ingest
 
     corpus = tmp_path_factory.mktemp("hostile-corpus")
     (corpus / EVIL_NAME).write_text(f"# :x: Passwd [red]title[/red] {ESC}]0;t\x07\n\n{HOSTILE}\n", encoding="utf-8")
@@ -114,7 +105,7 @@ def hostile(env: Path, hostile_index: tuple[Path, Path], monkeypatch: pytest.Mon
     return corpus
 
 
-def test_search_and_explain_print_documents_literally(hostile: Path) -> None:
+def test_search_and_explain_print_documents_literally(hostile: Path, kb: KbRunner) -> None:
     result = kb("search", "root passwd bash", "-k", "2", "--explain")
     assert result.exit_code == 0, result.stderr
     out = result.stdout
@@ -123,7 +114,7 @@ def test_search_and_explain_print_documents_literally(hostile: Path) -> None:
     assert "evil" in out and ":x: Passwd" in out  # title and file name shown, cleaned
 
 
-def test_ingest_summary_prints_file_names_literally(env: Path, hostile_index: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ingest_summary_prints_file_names_literally(env: Path, hostile_index: tuple[Path, Path], tmp_path: Path, kb: KbRunner) -> None:
     corpus, _ = hostile_index
     (tmp_path / "more").mkdir()
     (tmp_path / "more" / f"{ESC}]0;pwned\x07:x:.png").write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -132,7 +123,7 @@ def test_ingest_summary_prints_file_names_literally(env: Path, hostile_index: tu
     assert "evil" in result.stdout and ":x:" in result.stderr  # the skipped .png, named as it is
 
 
-def test_ask_prints_the_answer_and_sources_literally(hostile: Path, databricks: DatabricksStub) -> None:
+def test_ask_prints_the_answer_and_sources_literally(hostile: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.default_responder = lambda body: Reply(f"The answer is {HOSTILE} [1].")
     result = kb("ask", "root passwd bash", "-k", "1")
     assert result.exit_code == 0, result.stderr
@@ -141,7 +132,7 @@ def test_ask_prints_the_answer_and_sources_literally(hostile: Path, databricks: 
     assert "Sources" in result.stdout and "evil" in result.stdout
 
 
-def test_chat_and_agent_print_answers_and_tool_output_literally(hostile: Path, databricks: DatabricksStub) -> None:
+def test_chat_and_agent_print_answers_and_tool_output_literally(hostile: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.default_responder = lambda body: Reply(f"Chat says {HOSTILE} [1].")
     chat = kb("chat", "-k", "1", input="root passwd bash\n/sources\n")
     assert chat.exit_code == 0, chat.stderr
@@ -158,7 +149,7 @@ def test_chat_and_agent_print_answers_and_tool_output_literally(hostile: Path, d
     assert "search_knowledge" in agent.stderr and "root:x:0:0" in agent.stdout
 
 
-def test_eval_report_prints_gold_text_literally(hostile: Path, tmp_path: Path) -> None:
+def test_eval_report_prints_gold_text_literally(hostile: Path, tmp_path: Path, kb: KbRunner) -> None:
     gold = tmp_path / "gold.jsonl"
     rows = [{"id": f"{ESC}[31m:x:-1", "question": f"unrelated {ESC}]0;t\x07 [bold]q :x:", "sources": ["plain.md"]},
             {"id": "two", "question": "root passwd bash", "sources": [EVIL_NAME]}]

@@ -18,7 +18,7 @@ from agent.tools import (
     build_tools,
     calculate_expression,
 )
-from ingest.sync import Records
+from ingest.sync.records import Records
 
 PLANTED = (
     "Office plants policy.\n"

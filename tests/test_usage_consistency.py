@@ -13,26 +13,16 @@ from pathlib import Path
 import pytest
 from langchain_core.documents import Document
 from langgraph.checkpoint.memory import InMemorySaver
-from typer.testing import CliRunner
 
 from agent.assistant import build_assistant, run_assistant
-from agent.cli import app
 from agent.conversation import build_chat, run_chat_turn
 from agent.evaluate import GoldQuestion, evaluate_answers
 from agent.settings import load_settings
 from agent.tokens import UNKNOWN
-from tests.conftest import CANARY
+from tests.conftest import KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
 
-runner = CliRunner()
 QUESTION = "How many vacation days do I get?"
-
-
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    assert CANARY not in result.stdout + result.stderr
-    return result
 
 
 def without_usage(text: str):
@@ -59,7 +49,8 @@ class ListRetriever:
         return self.documents[:k]
 
 
-PTO = [Document(page_content="Full-time employees get 23 vacation days.", metadata={"source": "hr/pto.md", "title": "PTO"})]
+PTO = [Document(page_content="Full-time employees get 23 vacation days.",
+                metadata={"source": "hr/pto.md", "title": "PTO", "score": 0.9})]
 
 
 def test_chat_turn_with_one_unreported_call_is_unknown(databricks: DatabricksStub) -> None:
@@ -71,7 +62,7 @@ def test_chat_turn_with_one_unreported_call_is_unknown(databricks: DatabricksStu
     databricks.enqueue(Reply("vacation days after five years", usage={"prompt_tokens": 30, "completion_tokens": 6}),
                        without_usage("25 days [1]."))
     second = run_chat_turn(chat, "and after five years?", thread_id="t")
-    assert len(databricks.chat_requests()) == 3 and second.answer == "25 days [1]."
+    assert len(databricks.chat_requests()) == 3 and second.text == "25 days [1]."
     assert second.usage == UNKNOWN
 
 
@@ -82,8 +73,8 @@ def test_assistant_with_one_unreported_call_is_unknown(indexed: Path, databricks
         without_usage("Full-time employees get 23 vacation days per year [1]."),
     )
     result = run_assistant(build_assistant(load_settings()), QUESTION)
-    assert result["answer"].startswith("Full-time employees get 23") and len(databricks.chat_requests()) == 2
-    assert result["usage"] == UNKNOWN
+    assert result.text.startswith("Full-time employees get 23") and len(databricks.chat_requests()) == 2
+    assert result.usage == UNKNOWN
 
     databricks.reset()
     databricks.enqueue(
@@ -92,7 +83,7 @@ def test_assistant_with_one_unreported_call_is_unknown(indexed: Path, databricks
         Reply("184 hours.", usage={"prompt_tokens": 120, "completion_tokens": 4}),
     )
     counted = run_assistant(build_assistant(load_settings()), "23 days in hours?")
-    assert counted["usage"] == {"prompt_tokens": 200, "completion_tokens": 13, "total_tokens": 213, "reported": True}
+    assert counted.usage == {"prompt_tokens": 200, "completion_tokens": 13, "total_tokens": 213, "reported": True}
 
 
 def test_eval_answers_with_an_unreported_judge_call_is_unknown(indexed: Path, databricks: DatabricksStub) -> None:
@@ -112,7 +103,7 @@ def test_eval_answers_with_an_unreported_judge_call_is_unknown(indexed: Path, da
 
 @pytest.mark.parametrize("path", ["no model configured", "refused"])
 def test_ask_json_without_a_model_call_has_the_usual_usage_shape(
-    path: str, indexed: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    path: str, indexed: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, kb: KbRunner
 ) -> None:
     if path == "refused":
         databricks = request.getfixturevalue("databricks")

@@ -7,24 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.ledger import Ledger, ledger_path
 from agent.settings import load_settings
-from tests.conftest import CANARY
+from tests.conftest import CANARY, KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
 
-runner = CliRunner()
 QUESTION = "How many vacation days do I get?"
 ANSWER = "Full-time employees get 23 vacation days per year [1]."
-
-
-def kb(*args: str, input: str | None = None):
-    result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    assert CANARY not in result.stdout + result.stderr
-    return result
 
 
 def _rows() -> list[dict]:
@@ -55,14 +45,14 @@ def stub(indexed: Path, databricks: DatabricksStub, monkeypatch: pytest.MonkeyPa
     return databricks
 
 
-def test_chat(stub: DatabricksStub) -> None:
+def test_chat(stub: DatabricksStub, kb: KbRunner) -> None:
     result = kb("chat", input=f"{QUESTION}\nand after five years?\n/exit\n")
     assert result.exit_code == 0, result.stderr
     rows = _check(stub, "chat")
     assert all((r["prompt_tokens"], r["completion_tokens"], r["status"]) == (100, 10, "ok") for r in rows)
 
 
-def test_agent_steps(stub: DatabricksStub) -> None:
+def test_agent_steps(stub: DatabricksStub, kb: KbRunner) -> None:
     stub.enqueue(
         Reply("", tool_calls=[{"name": "search_knowledge", "arguments": {"query": "vacation days"}, "id": "call_1"}]),
         Reply(ANSWER),
@@ -73,7 +63,7 @@ def test_agent_steps(stub: DatabricksStub) -> None:
     assert len(rows) == 2  # the tool-calling step and the answer step
 
 
-def test_eval_answers_and_judge(stub: DatabricksStub, tmp_path: Path) -> None:
+def test_eval_answers_and_judge(stub: DatabricksStub, tmp_path: Path, kb: KbRunner) -> None:
     gold = tmp_path / "gold.jsonl"
     gold.write_text(json.dumps({"id": "q1", "question": QUESTION, "sources": ["hr/pto.md"], "answer": "23 days"}) + "\n")
     result = kb("eval", str(gold), "--mode", "dense", "--answers", "--json")
@@ -83,7 +73,7 @@ def test_eval_answers_and_judge(stub: DatabricksStub, tmp_path: Path) -> None:
     assert "answer" in steps and "judge" in steps
 
 
-def test_serve_records_the_caller(stub: DatabricksStub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_records_the_caller(stub: DatabricksStub, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
     from fastapi.testclient import TestClient
 
     from agent.api import create_app

@@ -7,23 +7,21 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from agent.errors import UsageError
 from agent.ledger import Ledger, iso_utc, ledger_path
 from agent.settings import load_settings
 from agent.usage_report import parse_since, percentile
+from tests.conftest import KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
 
-runner = CliRunner(env={"COLUMNS": "160"})
 NOW = datetime.now(timezone.utc)
 
 
-def kb(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
+@pytest.fixture
+def kb(kb: KbRunner) -> KbRunner:
+    """The shared runner, with a wide terminal for the tables."""
+    return kb.with_env(COLUMNS="160")
 
 
 def _row(ledger: Ledger, *, ago: timedelta, command: str = "ask", endpoint: str = "llm", caller: str | None = None,
@@ -47,7 +45,7 @@ def ledger(env: Path) -> Ledger:
     return ledger
 
 
-def test_json_by_command_defaults_to_last_7_days(ledger: Ledger) -> None:
+def test_json_by_command_defaults_to_last_7_days(ledger: Ledger, kb: KbRunner) -> None:
     result = kb("usage", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
@@ -64,7 +62,7 @@ def test_json_by_command_defaults_to_last_7_days(ledger: Ledger) -> None:
     assert (total["requests"], total["prompt_tokens"], total["unreported"]) == (9, 1550, 2)
 
 
-def test_since_all_and_spans(ledger: Ledger) -> None:
+def test_since_all_and_spans(ledger: Ledger, kb: KbRunner) -> None:
     everything = json.loads(kb("usage", "--since", "all", "--json").stdout)
     assert everything["since"] is None and everything["total"]["requests"] == 10
     recent = json.loads(kb("usage", "--since", "150m", "--json").stdout)
@@ -75,20 +73,20 @@ def test_since_all_and_spans(ledger: Ledger) -> None:
     ("caller", {"-", "alice", "bob"}),
     ("endpoint", {"llm", "embed"}),
 ])
-def test_group_by(ledger: Ledger, by: str, keys: set) -> None:
+def test_group_by(ledger: Ledger, by: str, keys: set, kb: KbRunner) -> None:
     data = json.loads(kb("usage", "--by", by, "--json").stdout)
     assert {g["key"] for g in data["groups"]} == keys
     assert sum(g["requests"] for g in data["groups"]) == data["total"]["requests"] == 9
 
 
-def test_by_day_is_in_order(ledger: Ledger) -> None:
+def test_by_day_is_in_order(ledger: Ledger, kb: KbRunner) -> None:
     data = json.loads(kb("usage", "--by", "day", "--since", "all", "--json").stdout)
     days = [g["key"] for g in data["groups"]]
     assert days == sorted(days) and len(days) >= 2
     assert days[0] == (NOW - timedelta(days=10)).astimezone().strftime("%Y-%m-%d")
 
 
-def test_table_output(ledger: Ledger) -> None:
+def test_table_output(ledger: Ledger, kb: KbRunner) -> None:
     result = kb("usage")
     assert result.exit_code == 0, result.stderr
     text = result.stdout
@@ -99,7 +97,7 @@ def test_table_output(ledger: Ledger) -> None:
     assert "eval" not in text
 
 
-def test_empty_ledger_and_bad_options(env: Path) -> None:
+def test_empty_ledger_and_bad_options(env: Path, kb: KbRunner) -> None:
     empty = kb("usage")
     assert empty.exit_code == 0 and "no model calls recorded since 7d in" in empty.stdout
     assert json.loads(kb("usage", "--json").stdout)["groups"] == []
@@ -109,7 +107,7 @@ def test_empty_ledger_and_bad_options(env: Path) -> None:
     assert bad_since.exit_code != 0 and "error: invalid --since 'yesterday'" in bad_since.stderr
 
 
-def test_usage_after_real_calls(indexed: Path, databricks: DatabricksStub) -> None:
+def test_usage_after_real_calls(indexed: Path, databricks: DatabricksStub, kb: KbRunner) -> None:
     databricks.enqueue(Reply("23 days [1].", usage={"prompt_tokens": 200, "completion_tokens": 4}))
     assert kb("ask", "How many vacation days do I get?").exit_code == 0
     data = json.loads(kb("usage", "--json").stdout)
@@ -132,7 +130,7 @@ def test_parse_since_and_percentile() -> None:
     assert percentile([float(v) for v in range(1, 101)], 50) == 50.0
 
 
-def test_unreadable_ledger_is_one_error_line(env: Path) -> None:
+def test_unreadable_ledger_is_one_error_line(env: Path, kb: KbRunner) -> None:
     path = ledger_path(load_settings())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"this is not a sqlite database, just bytes" * 100)

@@ -10,7 +10,7 @@ import pytest
 
 from agent import settings as settings_module
 from agent.settings import Settings, load_settings
-from ingest.lexical import LexicalIndex
+from ingest.store.lexical import LexicalIndex
 
 
 @pytest.fixture

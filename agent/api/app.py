@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from agent import __version__
 from agent.api import chat, routes
 from agent.api.auth import ANONYMOUS, Callers
-from agent.api.backend import Backend
+from agent.api.backend import ModelCache
 from agent.api.errors import ApiError, conceal, install_error_handlers
 from agent.api.limits import BodySizeLimit, ConcurrencyGate, send_error
 from agent.settings import Settings, load_settings
@@ -53,7 +53,7 @@ def create_app(
     """The API. ``warm``: open the index and load the embedding model at start-up."""
     settings = settings or load_settings()
     conceal(settings)  # error messages name KB_INDEX_DIR, not the server's path (and no URLs)
-    backend = Backend(settings, llm=llm, retriever=retriever)
+    backend = ModelCache(settings, llm=llm, retriever=retriever)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -23,8 +23,9 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.api.auth import require_caller
-from agent.api.backend import AnswerRun, Backend, Done
+from agent.api.backend import ModelCache
 from agent.api.errors import ApiError, from_kb_error
+from agent.api.runs import AnswerRun, agent_run, rag_run
 from agent.api.schemas import (
     MODELS,
     ChatRequest,
@@ -33,14 +34,16 @@ from agent.api.schemas import (
     completion_json,
     openai_usage,
 )
+from agent.api.sources import chat_sources
 from agent.errors import KbError
+from agent.rag.answer import Answer
 
 log = logging.getLogger("kb.api")
 
 
-def check_request(body: ChatRequest, backend: Backend) -> tuple[str, dict[str, Any]]:
+def check_request(body: ChatRequest, models: ModelCache) -> tuple[str, dict[str, Any]]:
     """The question and the model overrides, or ApiError 400/404 for what the limits refuse."""
-    settings = backend.settings
+    settings = models.settings
     if body.model not in MODELS:
         raise ApiError(404, f"unknown model '{body.model}': use one of {', '.join(MODELS)}",
                        code="model_not_found", param="model")
@@ -83,17 +86,17 @@ def history_of(body: ChatRequest) -> list[tuple[str, str]]:
 
 
 def start_run(body: ChatRequest, request: Request, caller: str) -> AnswerRun:
-    backend: Backend = request.app.state.backend
-    question, overrides = check_request(body, backend)
+    models: ModelCache = request.app.state.backend
+    question, overrides = check_request(body, models)
     slot = request.app.state.gate.acquire()
     try:
         if body.model == "kb-agent":
             messages = [{"role": m.role, "content": m.text()} for m in body.messages
                         if m.role in ("system", "developer", "user", "assistant") and m.text().strip()]
-            return backend.agent_run(messages=messages, caller=caller, llm_kwargs=overrides, on_finished=slot.release)
-        k = body.k or backend.settings.top_k
-        return backend.rag_run(question=question, history=history_of(body), caller=caller, k=k,
-                               llm_kwargs=overrides, on_finished=slot.release)
+            return agent_run(models, messages=messages, caller=caller, overrides=overrides, on_finished=slot.release)
+        k = body.k or models.settings.top_k
+        return rag_run(models, question=question, history=history_of(body), caller=caller, k=k,
+                       overrides=overrides, on_finished=slot.release)
     except BaseException:
         slot.release()
         raise
@@ -107,7 +110,7 @@ async def chat_completions(body: ChatRequest, request: Request, caller: str = De
             done = await run.collect()
         finally:
             run.close()
-        payload = completion_json(cid, body.model, done.answer, done.sources, done.usage, done.finish_reason)
+        payload = completion_json(cid, body.model, done.text, chat_sources(done), done.usage, done.finish_reason)
         if done.steps is not None:
             payload["steps"] = done.steps
         return JSONResponse(payload)
@@ -149,9 +152,9 @@ async def _sse(run: AnswerRun, early: list, cid: str, model: str, include_usage:
         yield event(ApiError(500, "internal error; the server log has the details", code="internal_error").body())
 
 
-def _final(event, cid: str, model: str, created: int, done: Done, include_usage: bool) -> bytes:
+def _final(event, cid: str, model: str, created: int, done: Answer, include_usage: bool) -> bytes:
     finish = chunk_json(cid, model, created, {}, done.finish_reason)
-    extra: dict[str, Any] = {"sources": done.sources}
+    extra: dict[str, Any] = {"sources": chat_sources(done)}
     if done.steps is not None:
         extra["steps"] = done.steps
     if include_usage:  # OpenAI's layout: usage alone in a last chunk with no choices

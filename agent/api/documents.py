@@ -1,6 +1,6 @@
 """Serving an ingested document by its ``source`` name, confined to what was ingested.
 
-A name is served only if the ingest records (``ingest.records``, under ``KB_INDEX_DIR``) list
+A name is served only if the ingest records (``ingest.sync.records``, under ``KB_INDEX_DIR``) list
 exactly that source: ``..``, ``%2e%2e``, absolute paths, NUL bytes or any other name simply is not in the
 list (404). The file found is then resolved (symlinks followed) and must still lie inside its
 ingested root and be a regular file. Documents are untrusted: HTML is sent with a sandboxing
@@ -34,7 +34,7 @@ def list_documents(settings: Any) -> list[dict[str, Any]]:
 
 def _records(settings: Any) -> list[dict[str, Any]]:
     """The documents of the active collection, from the ingest records (opened read-only)."""
-    from ingest.records import Records, records_path
+    from ingest.sync.records import Records, records_path
 
     if not records_path(settings.index_dir).is_file():
         return []  # never create an index folder from a read request

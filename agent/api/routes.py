@@ -17,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from agent.api import documents
 from agent.api.auth import require_caller
-from agent.api.backend import Backend
+from agent.api.backend import ModelCache
 from agent.api.errors import ApiError, for_callers
+from agent.api.runs import rag_run
 from agent.api.schemas import MODELS, AskRequest, SearchRequest, model_json
 
 log = logging.getLogger("kb.api")
@@ -26,7 +27,7 @@ public = APIRouter()
 private = APIRouter(dependencies=[Depends(require_caller)])
 
 
-def _backend(request: Request) -> Backend:
+def _backend(request: Request) -> ModelCache:
     return request.app.state.backend
 
 
@@ -112,41 +113,34 @@ async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
 
 @private.post("/api/ask")
 async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
-    from agent.answer import AnswerResult
-    from agent.retrieval import explain_json, search_json
+    from agent.retrieval import search_json
+    from agent.tokens import UNKNOWN
 
-    backend = _backend(request)
+    models = _backend(request)
     question = _check_length(body.question, request, "question")
-    k = body.k or backend.settings.top_k
-    settings = backend.settings
+    k = body.k or models.settings.top_k
+    settings = models.settings
     slot = request.app.state.gate.acquire()
     if not settings.llm_configured:  # like kb ask: say what to set, still show the passages
         try:
-            found = await backend.search(question, k, body.mode)
+            found = await models.search(question, k, body.mode)
         finally:
             slot.release()
         missing = " and ".join(settings.missing_llm_settings())
         notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
-        return {"question": question, "answer": None, "error": notice, "sources": [], "usage": {},
+        return {"question": question, "answer": None, "error": notice, "sources": [], "usage": dict(UNKNOWN),
                 "passages": search_json(question, found, explain=body.explain)["results"]}
     try:
-        run = backend.rag_run(question=question, history=[], caller=request.state.caller, k=k, llm_kwargs={},
-                              on_finished=slot.release, mode=body.mode)
+        run = rag_run(models, question=question, history=[], caller=request.state.caller, k=k, overrides={},
+                      on_finished=slot.release, mode=body.mode)
     except BaseException:
         slot.release()
         raise
     try:
-        done = await run.collect()
+        answer = await run.collect()
     finally:
         run.close()
-    if done.refused:
-        return {"question": question, "answer": done.answer, "refused": True, "sources": [], "usage": {},
-                "passages": search_json(question, done.passages, explain=body.explain)["results"]}
-    data = AnswerResult(question=question, answer=done.answer, passages=done.passages, usage=done.usage).to_json()
-    if body.explain:
-        for item, document in zip(data["passages"], done.passages):
-            item["explain"] = explain_json(document)
-    return data
+    return answer.to_json(explain=body.explain)
 
 
 # ---------------------------------------------------------------- documents (the citation viewer)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.documents import Document
-
-from agent.chain import cited_sources
+from agent.rag.answer import Answer
 
 
-def chat_sources(answer: str, passages: list[Document]) -> list[dict[str, Any]]:
+def chat_sources(answer: Answer) -> list[dict[str, Any]]:
+    """``answer.sources``, each cited retrieved passage with its text and score (the assistant's
+    sources, which cite its own numbering, as they are)."""
+    passages = answer.passages
     sources = []
-    for item in cited_sources(answer, passages):
+    for item in answer.sources:
+        if not passages or not 1 <= item["n"] <= len(passages):
+            sources.append(item)
+            continue
         passage = passages[item["n"] - 1]
         item = dict(item)
         item["text"] = passage.page_content

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.databricks.httpx_compat import httpx_module
 from agent.errors import AuthError, ConfigError
 from agent.logs import redact, register_secret
 from agent.settings import Settings
@@ -200,8 +201,6 @@ def auth_failure(exc: BaseException, settings: Settings) -> Exception:
 
 def make_auth(config: Any) -> Any:
     """An ``httpx.Auth`` (of the library openai uses) that sets the SDK's headers on every request."""
-    from agent.databricks.transport import httpx_module
-
     httpx = httpx_module()
 
     class SdkAuth(httpx.Auth):

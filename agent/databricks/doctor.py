@@ -192,14 +192,14 @@ class Doctor:
         if not self._check_endpoint(name, "embeddings endpoint", EMBEDDINGS_TASK, "KB_EMBEDDING_ENDPOINT"):
             return
         from agent.retrieval import build_embeddings
-        from ingest.snapshot import fingerprint
+        from ingest.store.snapshot import index_summary
 
         try:
             dimension = len(build_embeddings(self.settings, command="doctor").embed_query("kb doctor"))
         except Exception as exc:  # noqa: BLE001
             self.checks[-1] = Check("embeddings endpoint", "fail", f"'{name}' failed a test call: {_one_line(exc)}")
             return
-        index = fingerprint(self.settings.index_dir) or {}
+        index = index_summary(self.settings.index_dir) or {}
         if index.get("dimension") and index["dimension"] != dimension:
             self.checks[-1] = Check("embeddings endpoint", "fail",
                                     f"'{name}' returns {dimension}-dimensional vectors; the index holds {index['dimension']}",
@@ -235,11 +235,11 @@ class Doctor:
         if self.settings.chroma_url:
             return self._skip("index", f"Chroma server at {self.settings.chroma_url} (checked by kb search)")
         from agent.retrieval import build_embeddings
-        from ingest.snapshot import fingerprint, read_state
-        from ingest.store import model_id_of
+        from ingest.store.chroma import model_id_of
+        from ingest.store.snapshot import index_summary
 
         where = Path(self.settings.index_dir).resolve()
-        index = fingerprint(where)
+        index = index_summary(where)
         if index is None:
             return self.add("index", "fail", f"no index at {where}", "run `kb ingest`")
         try:
@@ -250,8 +250,7 @@ class Doctor:
         if expected and index.get("model_id") and index["model_id"] != expected:
             return self.add("index", "fail", f"the index at {where} was built with {index['model_id']}, not {expected}",
                             "run `kb ingest --rebuild`, or set KB_EMBEDDINGS / KB_EMBEDDING_ENDPOINT back")
-        state = read_state(where) or {}
-        fresh = state.get("fingerprint") == index
+        fresh = index["snapshot_fresh"]
         self.add("index", "ok", f"{index['count']} chunks at {where}, {index.get('model_id')}; "
                  + ("snapshot fresh" if fresh else "snapshot stale (queries use Chroma; `kb ingest` refreshes it)"),
                  chunks=index["count"], snapshot_fresh=fresh)

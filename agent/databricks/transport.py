@@ -15,24 +15,17 @@ that wraps those libraries' transport classes.
 
 from __future__ import annotations
 
-import importlib
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+from agent.databricks.auth import connect
+from agent.databricks.httpx_compat import httpx_module
 
 _DONE = b"data: [DONE]"
 _DRAIN_LIMIT = 64 * 1024  # bytes read after [DONE] at most; more means it was not the end
 _CLIENTS: dict[Any, Any] = {}
 _LOCK = threading.Lock()
-
-
-def httpx_module() -> Any:
-    """``httpx2`` under openai>=3, else ``httpx`` (the library openai's clients are built from)."""
-    import openai
-
-    match = re.match(r"\D*(\d+)", str(getattr(openai, "__version__", "")))
-    return importlib.import_module("httpx2" if match and int(match.group(1)) >= 3 else "httpx")
 
 
 def _draining_stream_class(httpx: Any) -> type:
@@ -112,14 +105,19 @@ def clients(base_url: str, *, auth: Any = None, timeout: float = 60.0) -> tuple[
 _KEEP: dict[int, Any] = {}
 
 
+def reset_clients() -> None:
+    """Close and forget the pooled clients (tests; a process that changed its configuration)."""
+    with _LOCK:
+        for sync_client, _ in _CLIENTS.values():
+            sync_client.close()
+        _CLIENTS.clear()
+        _KEEP.clear()
+
+
 def async_client(settings: Any) -> Any:
     """A new async client with the workspace's per-request auth, for a caller that owns an event
     loop (``kb serve``: connections belong to the loop that opened them)."""
     import openai
 
-    auth = None
-    if settings.llm_configured:
-        from agent.databricks.auth import connect
-
-        auth = connect(settings).auth
+    auth = connect(settings).auth if settings.llm_configured else None
     return openai.DefaultAsyncHttpxClient(auth=auth, timeout=settings.timeout)

@@ -1,10 +1,11 @@
-"""The lexical (BM25) index, kept in step with the Chroma collection.
+"""The lexical (BM25) index, kept in step with the chunk store.
 
 BM25 finds chunks that share the query's words, which embeddings often miss: exact names
 (``cost_center``, ``gw-lis``), numbers, rare terms. The index is built with ``bm25s`` from the
-collection's own chunks (ids, texts, titles, sections), so both indexes always hold the same
+store's own chunks (ids, texts, titles, sections), so both indexes always hold the same
 chunks; ``kb ingest`` calls ``sync_lexical`` at the end of every run, which rebuilds it only when
-the collection's set of chunk ids changed (or the tokenizer did).
+the store's set of chunk ids changed (or the tokenizer did). The local stores (Chroma, the
+snapshot) answer ``ChunkStore.lexical`` through ``LexicalSide``.
 
 Layout under ``KB_INDEX_DIR/bm25/``: ``current.json`` names the live build folder ``v-<hash>``
 (bm25s arrays + ``ids.json``). A new build is written to its own folder and ``current.json`` is
@@ -29,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ingest.store.base import ChunkStore, Filter, all_ids
+
 LEXICAL_VERSION = 2  # bump when tokenization or indexed text changes: forces a rebuild
-_PAGE = 5000
 _WORD = re.compile(r"[a-z0-9]+")
 
 # Function words and conversational fillers that carry no meaning for retrieval (questions are
@@ -122,6 +124,13 @@ class LexicalHits:
         if score <= 0:
             return 0.0, None
         return score, int(np.count_nonzero(self.scores > score)) + 1
+
+    def only(self, allowed: set[str]) -> LexicalHits:
+        """The same hits with every chunk outside ``allowed`` scored 0 (a filtered search)."""
+        scores = np.asarray([s if cid in allowed else 0.0 for cid, s in zip(self.ids, self.scores)], dtype=np.float32)
+        hits = LexicalHits(self.ids, scores)
+        hits.__dict__["_pos"] = self._positions()
+        return hits
 
     def _positions(self) -> dict[str, int]:
         cache = self.__dict__.get("_pos")
@@ -222,56 +231,65 @@ def read_state(index_dir: Path) -> dict[str, Any] | None:
     return state
 
 
-# ---------------------------------------------------------------- the collection side
+# ---------------------------------------------------------------- the store side
 
 
-def collection_ids(collection: Any) -> list[str]:
-    ids: list[str] = []
-    offset = 0
-    while True:
-        page = collection.get(include=[], limit=_PAGE, offset=offset)["ids"]
-        ids.extend(page)
-        if len(page) < _PAGE:
-            return ids
-        offset += _PAGE
-
-
-def build_from_collection(collection: Any) -> LexicalIndex:
+def build_from_store(store: ChunkStore) -> LexicalIndex:
     ids: list[str] = []
     texts: list[str] = []
     metadatas: list[dict[str, Any] | None] = []
-    offset = 0
-    while True:
-        page = collection.get(include=["documents", "metadatas"], limit=_PAGE, offset=offset)
-        ids.extend(page["ids"])
-        texts.extend(page["documents"] or [])
-        metadatas.extend(page["metadatas"] or [None] * len(page["ids"]))
-        if len(page["ids"]) < _PAGE:
-            break
-        offset += _PAGE
+    for page in store.scan():
+        ids.extend(page.ids)
+        texts.extend(page.texts or [""] * len(page.ids))
+        metadatas.extend(page.metadatas or [None] * len(page.ids))
     return LexicalIndex.build(ids, texts, metadatas)
 
 
-def sync_lexical(index_dir: Path, collection: Any) -> bool:
-    """Rebuild the persisted BM25 index if it is missing or does not hold the collection's chunks.
+def sync_lexical(index_dir: Path, store: ChunkStore) -> bool:
+    """Rebuild the persisted BM25 index if it is missing or does not hold the store's chunks.
 
     Returns whether it was rebuilt. Called by ``kb ingest`` (under the writer lock) after every run.
     """
-    digest = ids_digest(collection_ids(collection))
+    digest = ids_digest(all_ids(store))
     state = read_state(index_dir)
     if state is not None and state.get("ids_digest") == digest and (lexical_dir(index_dir) / state["dir"]).is_dir():
         return False
-    build_from_collection(collection).save(index_dir, digest)
+    build_from_store(store).save(index_dir, digest)
     return True
 
 
-def open_lexical(index_dir: Path, collection: Any) -> LexicalIndex:
-    """The BM25 index for queries: the persisted one when it matches the collection, else one built
-    in memory from the collection (an index from before BM25 existed, or an interrupted ingest).
+def open_lexical(index_dir: Path, store: ChunkStore) -> LexicalIndex:
+    """The BM25 index for queries: the persisted one when it matches the store, else one built
+    in memory from the store (an index from before BM25 existed, or an interrupted ingest).
     Queries never write to the index folder."""
     loaded = LexicalIndex.load(index_dir)
     if loaded is not None:
         index, state = loaded
-        if state.get("count") == collection.count() == len(index):
+        if state.get("count") == store.count() == len(index):
             return index
-    return build_from_collection(collection)
+    return build_from_store(store)
+
+
+class LexicalSide:
+    """A local store's BM25 search: the index ``kb ingest`` persisted under ``index_dir`` (or, without
+    one, built in memory), reloaded when ``kb ingest`` published a new one or the store changed size,
+    so a long-lived process (the API) follows re-ingests without restarting."""
+
+    def __init__(self, index_dir: Path | None) -> None:
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self._current: tuple[Any, LexicalIndex] | None = None
+
+    def index(self, store: ChunkStore) -> LexicalIndex:
+        total = store.count()
+        key = ((read_state(self.index_dir) or {}).get("dir") if self.index_dir else None, total)
+        current = self._current
+        if current is None or current[0] != key:
+            index = open_lexical(self.index_dir, store) if self.index_dir else build_from_store(store)
+            current = self._current = (key, index)
+        return current[1]
+
+    def search(self, store: ChunkStore, query: str, filter: Filter | None = None) -> LexicalHits:
+        hits = self.index(store).search(query)
+        if filter is None or filter.empty:
+            return hits
+        return hits.only(set(all_ids(store, filter)))

@@ -8,9 +8,7 @@ with the model's own ``tokenizer.json`` (``tokenizers``, the Rust library senten
 uses too), truncated to 256 tokens like sentence-transformers' ``max_seq_length``. Its vectors
 match the reference model to cosine > 0.9999 (tests/test_fast_embed.py proves it).
 
-The weights are sha256-checked before use; the verified (size, mtime, ctime, inode, sha256) is
-remembered in the user cache dir so the 90 MB are not re-hashed by every query, while a file that
-changed in any way since (even with its mtime put back) is hashed again and refused if it differs.
+The weights are sha256-checked before use (``ingest.embeddings.weights``, cached per file state).
 """
 
 from __future__ import annotations
@@ -18,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ingest.embeddings.weights import ensure_verified
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model (sentence_bert_config.json)
 HIDDEN = 384
@@ -38,66 +37,6 @@ SINGLE_THREAD_TOKENS = 4096
 _ENCODERS: dict[str, MiniLMEncoder] = {}
 _LOCK = threading.Lock()
 _BLAS: list[Any] = []  # the threadpoolctl controller, made once
-
-
-# ---------------------------------------------------------------- verified weights, cached
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/kb`` (default ``~/.cache/kb``): small files worth keeping between runs."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "kb"
-
-
-def _identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    # ctime cannot be set back by a user: a file rewritten and then re-dated still looks changed.
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev}
-
-
-def _stamp_path() -> Path:
-    return cache_dir() / "verified-weights.json"
-
-
-def ensure_verified(model_dir: Path, expected: str | None = None) -> None:
-    """Raise ``IngestError`` unless ``model.safetensors`` has the expected sha256.
-
-    The full hash runs once per distinct file state; afterwards a stat() that matches the stamp
-    is enough. An unwritable cache dir only means hashing every time.
-    """
-    from ingest.embeddings import MINILM_SHA256, verify_weights
-
-    expected = expected or MINILM_SHA256
-    weights = Path(model_dir) / "model.safetensors"
-    try:
-        identity = _identity(weights)
-    except OSError:
-        identity = None
-    stamps: dict[str, Any] = {}
-    stamp_file = _stamp_path()
-    if identity is not None:
-        try:
-            stamps = json.loads(stamp_file.read_text("utf-8"))
-            if not isinstance(stamps, dict):
-                stamps = {}
-        except (OSError, ValueError):
-            stamps = {}
-        if stamps.get(identity["path"]) == {**identity, "sha256": expected}:
-            return
-    verify_weights(Path(model_dir), expected)  # raises IngestError on a mismatch or unreadable file
-    if identity is None:
-        return
-    try:
-        if _identity(weights) != identity:  # changed while hashing: do not vouch for it
-            return
-        stamps[identity["path"]] = {**identity, "sha256": expected}
-        stamp_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp_file.with_name(f".{stamp_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stamps, indent=1), "utf-8")
-        os.replace(tmp, stamp_file)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------- weights

@@ -18,7 +18,7 @@ no process at all; one start (~0.2 s) is then shared by every file of the run.
 Hand-written (~150 lines) rather than ``multiprocessing`` / ``concurrent.futures`` / ``pebble``:
 a ``ProcessPoolExecutor`` cannot kill one hung task (a killed worker breaks the whole pool), and
 the spawn-based pools re-import the caller's ``__main__`` in every child. Here the child is a
-plain ``python -m ingest.isolation`` talking length-prefixed pickle frames over its stdin/stdout;
+plain ``python -m ingest.sync.isolation`` talking length-prefixed pickle frames over its stdin/stdout;
 its rlimits are set by the child itself (no ``preexec_fn``, which is unsafe in a parent that has
 threads, as Chroma's client does). The frames come from kb's own code in the child, never from a
 document, so unpickling them trusts nothing the files control.
@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest import loaders
 from ingest.documents import DEFAULT_MAX_FILE_BYTES, SkipFile, SourceFile
 from ingest.errors import IngestError
+from ingest.split import split_document
 
 _HEADER = struct.Struct("!Q")
 _START_TIMEOUT = 60.0  # seconds for the child to import the loaders and say it is ready
@@ -61,10 +63,7 @@ class ParseLimits:
 
 def parse_file(file: SourceFile, max_bytes: int, memory_mb: int | None = None) -> tuple[str, list[Any]]:
     """Load and split one file in this process: (title, chunks), or ``SkipFile``."""
-    from ingest.loaders import load
-    from ingest.split import split_document
-
-    document = load(file, max_bytes=max_bytes, memory_mb=memory_mb)
+    document = loaders.load(file, max_bytes=max_bytes, memory_mb=memory_mb)
     try:
         return document.title, split_document(document)
     except MemoryError:
@@ -103,7 +102,7 @@ class ParseWorker:
         config = pickle.dumps((self.limits.memory_mb, dict(self.limits.extra_loaders)))
         with tempfile.TemporaryFile() as errors:  # why a start failed; the child silences itself once ready
             child = subprocess.Popen(
-                [sys.executable, "-m", "ingest.isolation", config.hex()],
+                [sys.executable, "-m", "ingest.sync.isolation", config.hex()],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, env=env, close_fds=True,
             )
             self.started += 1
@@ -202,8 +201,9 @@ def _read_exact(fd: int, size: int, deadline: float) -> bytes:
         wait = deadline - time.monotonic()
         if wait <= 0:
             raise _TimedOut
-        ready, _, _ = select.select([fd], [], [], wait)
-        if not ready:
+        poller = select.poll()  # not select.select: it fails on descriptors above 1023 (long-lived processes)
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if not poller.poll(wait * 1000):
             raise _TimedOut
         data = os.read(fd, min(left, 1 << 20))
         if not data:
@@ -244,13 +244,10 @@ def _child_main(config_hex: str) -> None:
     requests = sys.stdin.buffer
     import importlib
 
-    from ingest import loaders
-
     for suffix, target in extra_loaders.items():
         module, _, name = target.partition(":")
         loaders.LOADERS[suffix] = getattr(importlib.import_module(module), name)
-    import ingest.split  # noqa: F401  (imported before the limit: not a cost of the first file)
-
+    # loaders and split are imported at the top: before the limit, not a cost of the first file
     _limit_memory(memory_mb)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)  # what parsers print (warnings of damaged files) goes nowhere

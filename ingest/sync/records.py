@@ -1,4 +1,4 @@
-"""What the index holds, per file, and the single-writer lock (both under ``KB_INDEX_DIR``).
+"""What the index holds, per file (``KB_INDEX_DIR/records.sqlite``); the writer lock is ``ingest.store.folder``.
 
 ``records.sqlite`` keeps, per (collection, root, source): the content sha256, size and mtime (so an
 untouched file is not even re-read), the title and the chunk ids written for it, or the reason it
@@ -13,17 +13,12 @@ while a run writes to it: a run that died leaves the mark, and the next run swee
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.errors import IndexBusyError, UsageError
 
 RECORDS_FILE = "records.sqlite"
-LOCK_FILE = "ingest.lock"
-LOCK_WAIT = 1.0  # seconds a writer waits for the lock: covers a reader's instant probe (ingest_running)
 LOADER_VERSION = 2  # bump when loading/splitting changes: cached skips are then retried
 
 
@@ -198,85 +193,3 @@ class NoRecords:
 
     def close(self) -> None:
         pass
-
-
-def check_index_dir(index_dir: Path, *, create: bool) -> Path:
-    """``index_dir`` as an absolute path, or one ``UsageError`` naming it when it cannot hold an index:
-    it is a file, a parent is a file (``/dev/null/x``), or (``create``) it cannot be created or
-    written to. Without ``create`` a folder that does not exist yet is fine (the caller reports that)."""
-    path = Path(os.path.abspath(Path(index_dir).expanduser()))
-    probe = path
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        if probe == path:
-            raise UsageError(f"KB_INDEX_DIR {path} is not a folder",
-                             hint="point KB_INDEX_DIR at a folder, or move what is there away")
-        raise UsageError(f"KB_INDEX_DIR {path} cannot be created: {probe} is not a folder",
-                         hint="point KB_INDEX_DIR at a folder")
-    if not create:
-        return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create KB_INDEX_DIR {path}: {exc.strerror or exc}",
-                         hint="point KB_INDEX_DIR at a writable folder") from None
-    try:  # a real write: os.access says yes to root on a read-only file system
-        import tempfile
-
-        with tempfile.TemporaryFile(dir=path, prefix=".kb-write-check-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"KB_INDEX_DIR {path} is not writable ({exc.strerror or exc})",
-                         hint="point KB_INDEX_DIR at a writable folder") from None
-    return path
-
-
-def ingest_running(index_dir: Path) -> bool:
-    """True while a ``kb ingest`` holds the writer lock of ``index_dir``.
-
-    Probed with a non-blocking shared ``flock`` on the lock file (the lock ``filelock`` takes is an
-    exclusive ``flock``), held for an instant and never created: a writer starting at that very
-    instant waits (``LOCK_WAIT``) instead of failing.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no probe, no message
-        return False
-    try:
-        fd = os.open(Path(index_dir) / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock we got
-    return False
-
-
-@contextmanager
-def writer_lock(index_dir: Path):
-    """Hold the index's single-writer lock, or fail at once with ``IndexBusyError``.
-
-    An OS file lock (``flock``): released by the kernel when the holder exits, even by ``kill -9``.
-    An index folder that cannot be created or written is one ``UsageError`` naming its path.
-    """
-    from filelock import FileLock, Timeout
-
-    path = check_index_dir(index_dir, create=True)
-    lock = FileLock(str(path / LOCK_FILE))
-    try:
-        lock.acquire(timeout=LOCK_WAIT)
-    except Timeout:
-        raise IndexBusyError(
-            f"another 'kb ingest' is writing to the index at {index_dir}", hint="wait for it to finish and run again"
-        ) from None
-    except OSError as exc:  # a read-only file system, a folder we may not write to
-        raise UsageError(f"KB_INDEX_DIR {path} is not writable ({exc.strerror or exc})",
-                         hint="point KB_INDEX_DIR at a writable folder") from None
-    try:
-        yield
-    finally:
-        lock.release()

@@ -1,38 +1,31 @@
-"""Keep the Chroma collection in sync with folders of documents: the whole job of ``kb ingest``.
+"""What ``kb ingest`` has to do: compare the files under the given paths with the records.
 
 - Chunk ids are sha256 of (root, source, chunk number, text): a re-run cannot create duplicates.
-- Records (``ingest.records``) make re-runs incremental: a file whose size and mtime are unchanged
-  is not even read (``checksum=True``, ``kb ingest --checksum``: every file is hashed instead), a file whose content hash is unchanged is not re-parsed, a changed file embeds
-  only chunk ids that are new, a deleted file's chunks are removed, and an identical chunk text
-  already in the index (a renamed or moved file, a shifted chunk) reuses its stored vector.
-- Writes are ordered so that ``kill -9`` at any moment is safe (see ``ingest.writer``); a run that
-  did not finish leaves a mark, and the next one sweeps chunks no record accounts for.
-- Files are parsed (loaded and split) in a child process under a time and memory limit when
-  ``parse_limits`` is given (``ingest.isolation``; the CLI always does): a file that exceeds them
-  is skipped and reported, the run goes on. ``max_chunks`` (``KB_MAX_CHUNKS_PER_FILE``) keeps the
-  first chunks of a file that has more, and reports it on every run until the cap or the file changes.
-- One writer per index (``writer_lock``); queries read a consistent index throughout (see
-  ``ingest.store`` for ``--rebuild``).
+- A file whose size and mtime are unchanged is not even read (``checksum=True``, ``kb ingest
+  --checksum``: every file is hashed instead), a file whose content hash is unchanged is not
+  re-parsed, a changed file embeds only chunk ids that are new, a deleted file's chunks are removed.
+- Files are parsed (loaded and split) in a child process under a time and memory limit when a
+  ``parser`` is given (``ingest.sync.isolation``): a file that exceeds them is skipped and reported.
+  ``max_chunks`` (``KB_MAX_CHUNKS_PER_FILE``) keeps the first chunks of a file that has more, and
+  reports it on every run until the cap or the file changes.
 - Several roots live side by side: a run only deletes documents under the paths it was given. A
   path inside an already indexed root keeps that root; a new root that contains an indexed root
-  takes its documents over (re-using their vectors).
+  takes its documents over.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterable
-from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ingest.documents import DEFAULT_MAX_FILE_BYTES, SkipFile, Skipped, SourceFile
-from ingest.isolation import ParseLimits, ParseWorker
 from ingest.loaders import Scope, discover, load
-from ingest.records import NoRecords, Record, Records, check_index_dir, records_path, writer_lock
 from ingest.split import Chunk, split_document
+from ingest.sync.isolation import ParseWorker
+from ingest.sync.records import LOADER_VERSION, NoRecords, Record, Records
 from ingest.textio import size_cap_reason
 
 ProgressFn = Callable[[int, int], None]  # (chunks done, chunks total)
@@ -195,8 +188,6 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, options: _
             if previous.chunks_total is not None:  # still cut: said on every run, like a skip
                 plan.truncated.append(_cut_note(file, previous.chunks_total, len(previous.ids)))
             return
-        from ingest.records import LOADER_VERSION
-
         if previous.skip_reason is not None and previous.version == LOADER_VERSION:
             plan.skipped.append(Skipped(file.source, previous.skip_reason))
             return
@@ -297,96 +288,3 @@ def plan_summary(plan: Plan) -> Summary:
         files=file_changes(plan),
         truncated=plan.truncated,
     )
-
-
-# ---------------------------------------------------------------- the job
-
-
-def ingest(
-    paths: Iterable[Path],
-    index_dir: Path,
-    embeddings: Any,
-    *,
-    dry_run: bool = False,
-    rebuild: bool = False,
-    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    progress: ProgressFn | None = None,
-    chroma_url: str | None = None,
-    batch_size: int | None = None,
-    parse_limits: ParseLimits | None = None,
-    checksum: bool = False,
-    max_chunks: int | None = None,
-) -> Summary:
-    """Bring the index at ``index_dir`` (or on the Chroma server ``chroma_url``) in line with ``paths``.
-
-    ``parse_limits``: parse files in a worker process under its time and memory limits (without
-    it, in this process, unbounded). ``checksum``: hash every file instead of trusting size and
-    modification time. ``max_chunks``: ``KB_MAX_CHUNKS_PER_FILE``.
-    """
-    from contextlib import ExitStack
-    from dataclasses import replace
-
-    from ingest.lexical import sync_lexical
-    from ingest.store import KbChroma, activate, collection_ids, connect, open_target, store_key
-    from ingest.writer import apply_plan
-
-    started = time.perf_counter()
-    paths = [Path(p) for p in paths]
-    key = store_key(chroma_url)
-    with ExitStack() as stack:
-        parser = None
-        if parse_limits is not None:  # the child process starts only once a file needs parsing
-            parser = stack.enter_context(ParseWorker(replace(parse_limits, max_bytes=max_bytes)))
-        options = {"max_bytes": max_bytes, "exclude": [index_dir], "parser": parser, "checksum": checksum,
-                   "max_chunks": max_chunks}
-        if dry_run:  # read-only: creates nothing, not even the index folder
-            check_index_dir(index_dir, create=False)
-            with closing(_read_only_records(index_dir, key, rebuild)) as records:
-                return plan_summary(make_plan(paths, records, **options))
-        with writer_lock(index_dir), _index_errors(chroma_url or str(index_dir)):
-            client = connect(index_dir, chroma_url, create=True)
-            target = open_target(client, embeddings, rebuild=rebuild, where=chroma_url or str(index_dir))
-            with closing(Records(index_dir)) as records:
-                records.adopt(target.id, key)
-                records.purge(key, collection_ids(client) | {target.id})
-                if not target.activate:
-                    records.activate(key)
-                plan = make_plan(paths, records, **options)
-                stack.close()  # parsing is over: the worker process goes before embedding starts
-                summary = apply_plan(plan, target.collection, embeddings, records, progress=progress,
-                                     batch_size=batch_size)
-                if target.activate:  # a rebuild is complete: readers switch to it now
-                    activate(target)
-                    records.activate(key)
-            summary.files = file_changes(plan)
-            summary.truncated = plan.truncated
-            store = KbChroma(collection_name=target.name, embedding_function=embeddings, client=client,
-                             create_collection_if_not_exists=False)
-            sync_lexical(index_dir, store._collection)  # BM25 index: same chunks as Chroma, rebuilt when they changed
-            if not chroma_url:  # queries read this copy without importing chromadb (ingest/snapshot.py)
-                from ingest.snapshot import sync_snapshot
-
-                sync_snapshot(index_dir, store._collection)
-            summary.seconds = round(time.perf_counter() - started, 3)
-            return summary
-
-
-@contextmanager
-def _index_errors(where: str):
-    """Chroma failing under us (disk full, damaged files, server errors) is one clear error."""
-    from chromadb.errors import ChromaError
-
-    from ingest.store import unusable
-
-    try:
-        yield
-    except ChromaError as exc:
-        raise unusable(where, exc) from None
-
-
-def _read_only_records(index_dir: Path, key: str, rebuild: bool) -> Records | NoRecords:
-    if rebuild or not records_path(index_dir).exists():
-        return NoRecords()
-    records = Records(index_dir, collection="", read_only=True)
-    records.collection = records.get_state(f"active:{key}") or ""
-    return records

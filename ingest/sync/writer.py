@@ -1,4 +1,5 @@
-"""Apply a plan to a Chroma collection: embed, upsert, record, delete, in a crash-safe order.
+"""Apply a plan to a chunk store (``ingest.store.base.ChunkStore``): embed, upsert, record, delete,
+in a crash-safe order.
 
 Order of writes, so that ``kill -9`` at any moment converges on the next run:
 
@@ -12,14 +13,15 @@ A crash after 2 leaves chunks without a record: the next run finds them present 
 them again. A crash after 3 leaves stale chunks: swept. A crash in 4: the deletion is planned again.
 
 Embedding runs in worker threads (as many as ``embeddings.max_concurrency``, default 1) while the
-main thread writes finished batches, so the model never waits for Chroma. Before embedding, chunk
-texts already in the collection (matched by ``text_sha`` metadata) reuse their stored vectors. If
+main thread writes finished batches, so the model never waits for the store. Before embedding, chunk
+texts already in the store (matched by ``text_sha`` metadata) reuse their stored vectors. If
 embedding fails for good, the batches that succeeded are written and their files recorded before
 the error is raised: nothing done is lost, and the re-run only embeds what is missing.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,10 +29,10 @@ from typing import Any
 
 from ingest.errors import IngestError, KbError
 from ingest.split import Chunk
-from ingest.sync import FilePlan, Plan, ProgressFn, Summary, file_changes
+from ingest.store.base import ChunkStore, Filter, all_ids
+from ingest.sync.plan import FilePlan, Plan, ProgressFn, Summary, file_changes
 
 LOCAL_BATCH = 128  # chunks per embedding call when the model does not say (sentence-transformers: fast)
-_ID_PAGE = 500
 
 
 @dataclass
@@ -54,14 +56,14 @@ class _Progress:
 
 def apply_plan(
     plan: Plan,
-    collection: Any,
+    store: ChunkStore,
     embeddings: Any,
     records: Any,
     *,
     progress: ProgressFn | None = None,
     batch_size: int | None = None,
 ) -> Summary:
-    """Write ``plan`` into ``collection`` (a chromadb collection) and ``records``."""
+    """Write ``plan`` into ``store`` and ``records``."""
     dirty_roots = records.dirty_roots()
     if plan.has_writes:
         records.mark_dirty(plan.roots)
@@ -74,7 +76,7 @@ def apply_plan(
         records.delete(root, source)
 
     todo = plan.added + plan.changed
-    existing = _existing_ids(collection, [i for entry in todo for i in entry.ids])
+    existing = set(store.get([i for entry in todo for i in entry.ids], texts=False, metadatas=False).ids)
     state = _Progress(total=0, callback=progress)
     pending: list[tuple[str, Chunk, FilePlan]] = []
     for entry in todo:
@@ -86,18 +88,17 @@ def apply_plan(
         progress(0, state.total)
     for entry in todo:  # files whose chunks are all in already (a re-run after a crash)
         if state.remaining[id(entry)] == 0:
-            _commit_file(entry, collection, records, state)
+            _commit_file(entry, store, records, state)
 
-    _write_chunks(pending, collection, embeddings, records, state, batch_size=batch_size)
+    _write_chunks(pending, store, embeddings, records, state, batch_size=batch_size)
 
     deleted_chunks = sum(len(set(p.old_ids) - set(p.ids)) for p in plan.changed)
     for (root, source), ids in plan.deleted.items():
-        for start in range(0, len(ids), _ID_PAGE):
-            collection.delete(ids=ids[start : start + _ID_PAGE])
+        store.delete(ids)
         records.delete(root, source)
         deleted_chunks += len(ids)
     if dirty_roots or plan.has_writes:
-        deleted_chunks += _sweep_orphans(collection, records, sorted(dirty_roots | set(plan.roots)))
+        deleted_chunks += _sweep_orphans(store, records, sorted(dirty_roots | set(plan.roots)))
         records.clear_dirty()
     return Summary(
         added=len(plan.added),
@@ -107,19 +108,19 @@ def apply_plan(
         skipped=plan.skipped,
         chunks_embedded=state.embedded,
         chunks_deleted=deleted_chunks,
-        chunks_total=collection.count(),
+        chunks_total=store.count(),
         chunks_reused=state.reused,
         files=file_changes(plan),
         truncated=plan.truncated,
     )
 
 
-def _write_chunks(pending, collection, embeddings, records, state: _Progress, *, batch_size: int | None) -> None:
+def _write_chunks(pending, store: ChunkStore, embeddings, records, state: _Progress, *, batch_size: int | None) -> None:
     if not pending:
         return
     size = max(1, int(batch_size or getattr(embeddings, "ingest_batch_size", 0) or LOCAL_BATCH))
     workers = max(1, int(getattr(embeddings, "max_concurrency", 1) or 1))
-    reuse = collection.count() > 0
+    reuse = store.count() > 0
     in_flight: deque[tuple[_Batch, list[FilePlan]]] = deque()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kb-embed")
     failure: BaseException | None = None
@@ -128,15 +129,15 @@ def _write_chunks(pending, collection, embeddings, records, state: _Progress, *,
             part = pending[start : start + size]
             batch = _Batch([cid for cid, _, _ in part], [chunk for _, chunk, _ in part], [None] * len(part))
             if reuse:
-                _fill_reused(batch, collection)
+                _fill_reused(batch, store)
             todo = [i for i, v in enumerate(batch.vectors) if v is None]
             if todo:
                 batch.future = executor.submit(_embed, embeddings, [batch.chunks[i].text for i in todo])
             in_flight.append((batch, [entry for _, _, entry in part]))
             while len(in_flight) > workers:  # keep the workers busy, hold at most one batch waiting
-                _finish(in_flight.popleft(), collection, records, state)
+                _finish(in_flight.popleft(), store, records, state)
         while in_flight:
-            _finish(in_flight.popleft(), collection, records, state)
+            _finish(in_flight.popleft(), store, records, state)
     except BaseException as exc:  # embedding failed for good, or Ctrl-C: keep what is done, then stop
         failure = exc
         for batch, _ in in_flight:
@@ -147,7 +148,7 @@ def _write_chunks(pending, collection, embeddings, records, state: _Progress, *,
                 future = item[0].future
                 if future is None or (not future.cancelled() and future.exception() is None):
                     try:
-                        _finish(item, collection, records, state)
+                        _finish(item, store, records, state)
                     except Exception:
                         pass
         in_flight.clear()
@@ -167,19 +168,18 @@ def _embed(embeddings: Any, texts: list[str]) -> list[Any]:
     return [by_text[text] for text in texts]
 
 
-def _fill_reused(batch: _Batch, collection: Any) -> None:
+def _fill_reused(batch: _Batch, store: ChunkStore) -> None:
     wanted = {chunk.metadata["text_sha"] for chunk in batch.chunks}
-    found = collection.get(where={"text_sha": {"$in": sorted(wanted)}}, include=["embeddings", "metadatas"])
     vectors = {}
-    for vector, metadata in zip(found.get("embeddings") if found.get("embeddings") is not None else [],
-                                found.get("metadatas") or []):
-        if metadata and metadata.get("text_sha"):
-            vectors[metadata["text_sha"]] = vector
+    for page in store.scan(filter=Filter(any_of={"text_sha": sorted(wanted)}), texts=False, vectors=True):
+        for vector, metadata in zip(page.vectors, page.metadatas or []):
+            if metadata and metadata.get("text_sha"):
+                vectors[metadata["text_sha"]] = vector
     for i, chunk in enumerate(batch.chunks):
         batch.vectors[i] = vectors.get(chunk.metadata["text_sha"])
 
 
-def _finish(item: tuple[_Batch, list[FilePlan]], collection: Any, records: Any, state: _Progress) -> None:
+def _finish(item: tuple[_Batch, list[FilePlan]], store: ChunkStore, records: Any, state: _Progress) -> None:
     batch, entries = item
     embedded = 0
     if batch.future is not None:
@@ -188,12 +188,8 @@ def _finish(item: tuple[_Batch, list[FilePlan]], collection: Any, records: Any, 
             if vector is None:
                 batch.vectors[i] = next(computed)
                 embedded += 1
-    collection.upsert(
-        ids=batch.ids,
-        embeddings=[_as_list(v) for v in batch.vectors],
-        documents=[chunk.text for chunk in batch.chunks],
-        metadatas=[chunk.metadata for chunk in batch.chunks],
-    )
+    store.upsert(batch.ids, [chunk.text for chunk in batch.chunks], [chunk.metadata for chunk in batch.chunks],
+                 batch.vectors)
     state.embedded += embedded
     state.reused += len(batch.ids) - embedded
     state.done += len(batch.ids)
@@ -202,19 +198,13 @@ def _finish(item: tuple[_Batch, list[FilePlan]], collection: Any, records: Any, 
     for entry in entries:
         state.remaining[id(entry)] -= 1
         if state.remaining[id(entry)] == 0:
-            _commit_file(entry, collection, records, state)
+            _commit_file(entry, store, records, state)
 
 
-def _as_list(vector: Any) -> Any:
-    return vector.tolist() if hasattr(vector, "tolist") else vector
-
-
-def _commit_file(entry: FilePlan, collection: Any, records: Any, state: _Progress) -> None:
+def _commit_file(entry: FilePlan, store: ChunkStore, records: Any, state: _Progress) -> None:
     records.put(entry.file.root, entry.file.source, entry.sha, entry.title, entry.ids, size=entry.size,
                 mtime_ns=entry.mtime_ns, checked_ns=_now_ns(), chunks_total=entry.chunks_total)
-    stale = sorted(set(entry.old_ids) - set(entry.ids))
-    for start in range(0, len(stale), _ID_PAGE):
-        collection.delete(ids=stale[start : start + _ID_PAGE])
+    store.delete(sorted(set(entry.old_ids) - set(entry.ids)))
     state.files_done += 1
 
 
@@ -230,27 +220,16 @@ def _after_partial_commit(failure: BaseException, state: _Progress) -> BaseExcep
     return annotated
 
 
-def _existing_ids(collection: Any, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), _ID_PAGE):
-        found.update(collection.get(ids=ids[start : start + _ID_PAGE], include=[])["ids"])
-    return found
-
-
-def _sweep_orphans(collection: Any, records: Any, roots: list[Any]) -> int:
+def _sweep_orphans(store: ChunkStore, records: Any, roots: list[Any]) -> int:
     """Delete chunks under ``roots`` that no record accounts for (left by an interrupted run)."""
     removed = 0
     for root in roots:
         expected = records.expected_ids(root)
-        present = collection.get(where={"root": str(root)}, include=[])["ids"]
-        orphans = [i for i in present if i not in expected]
-        for start in range(0, len(orphans), _ID_PAGE):
-            collection.delete(ids=orphans[start : start + _ID_PAGE])
+        orphans = [i for i in all_ids(store, Filter(equals={"root": str(root)})) if i not in expected]
+        store.delete(orphans)
         removed += len(orphans)
     return removed
 
 
 def _now_ns() -> int:
-    import time
-
     return time.time_ns()

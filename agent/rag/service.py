@@ -1,0 +1,303 @@
+"""``AnswerService``: the one answer pipeline behind ``kb ask``, ``kb chat``, the API's kb-rag and
+``kb eval``.
+
+    service = AnswerService.from_settings(settings, command="ask")
+    answer = service.run("How many vacation days do I get?")               # -> Answer
+    for kind, value in service.stream("and can I carry them over?", history=messages): ...
+    async for kind, value in service.astream(question, history=messages, k=5): ...   # the API
+
+Steps, the same on every surface:
+
+1. condense: only when there is history (``KB_CHAT_HISTORY_TOKENS`` of it, whole turns, old
+   ``[n]`` markers removed since they referred to other passages), the model rewrites the question
+   into a standalone search query (streamed like every call, so its usage is reported);
+2. retrieve: the retriever runs on that query (``k`` and ``mode`` per call when given);
+3. relevance gate: ``agent.retrieval.refusal`` declines, without an answer call, when nothing
+   retrieved is relevant enough;
+4. answer: the numbered, delimited passages and the question (plus the trimmed history and the
+   standalone rewrite when there is history), streamed; if the endpoint says the request is too
+   long, it is sent again with less history.
+
+Events: ``("rewrite", str)`` (a follow-up's standalone query), ``("passages", [Document])``,
+``("token", str)`` (the refusal text arrives as one token too) and last ``("done", Answer)``.
+Every model call is counted in ``Answer.usage`` (the rewrite included) and failures are
+translated by ``translate_failures``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+
+from agent.chain import cited_sources
+from agent.history import is_context_overflow, shrinking, trim_history
+from agent.prompts import ANSWER_PROMPT, CHAT_PROMPT, CONDENSE_PROMPT, REWRITTEN_NOTE, format_passages, format_transcript
+from agent.rag.answer import BELOW_FLOOR, NO_PASSAGES, Answer
+from agent.rag.failures import translate_failures
+from agent.retrieval import build_retriever, refusal
+from agent.settings import Settings
+from agent.tokens import UsageCollector
+
+Event = tuple[str, Any]
+MAX_QUERY_CHARS = 500
+_CITATION = re.compile(r"\s?\[\d+(?:\s*[,;]\s*\d+)*\]")
+
+
+def clean_query(text: str, fallback: str) -> str:
+    """The model's rewrite as one line of plain query text; the original question when it is empty."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    query = lines[0] if lines else ""
+    query = re.sub(r"^(standalone (search )?(query|question)\s*:\s*)", "", query, flags=re.I).strip()
+    query = query.strip("\"'“”` ").strip()
+    return query[:MAX_QUERY_CHARS] if query else fallback
+
+
+def as_messages(turns: Sequence[tuple[str, str] | BaseMessage]) -> list[BaseMessage]:
+    """Earlier turns as user/assistant messages, their old ``[n]`` markers removed."""
+    out: list[BaseMessage] = []
+    for turn in turns:
+        if isinstance(turn, BaseMessage):
+            role, text = ("user" if isinstance(turn, HumanMessage) else "assistant"), turn.text
+        else:
+            role, text = turn
+        text = text if isinstance(text, str) else str(text)
+        out.append(HumanMessage(text) if role == "user" else AIMessage(_CITATION.sub("", text)))
+    return out
+
+
+def _transcript(history: Sequence[BaseMessage]) -> str:
+    return format_transcript([("user" if isinstance(m, HumanMessage) else "assistant", m.text) for m in history])
+
+
+class AnswerService:
+    """The pipeline around one chat model and one retriever; build once, call per question (the
+    runnables are built here, not per question: a new chain costs more CPU on its first run than a
+    whole answer does afterwards)."""
+
+    def __init__(self, settings: Settings, *, llm: Any, retriever: Any, limiter: Any = None) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.retriever = retriever
+        self.limiter = limiter  # async retrieval: worker threads at once (an anyio CapacityLimiter)
+        self.budget = settings.chat_history_tokens
+        self.endpoint = settings.chat_endpoint
+        self.base_url = settings.serving_base_url
+        self._condense = (CONDENSE_PROMPT | llm | StrOutputParser()).with_config(run_name="condense_question")
+        self._answer = (ANSWER_PROMPT | llm | StrOutputParser()).with_config(run_name="kb_answer")
+        self._chat_answer = (CHAT_PROMPT | llm | StrOutputParser()).with_config(run_name="chat_answer")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        command: str,
+        llm: Any = None,
+        retriever: Any = None,
+        k: int | None = None,
+        mode: str | None = None,
+        usage_extra: dict[str, str] | None = None,
+    ) -> AnswerService:
+        """The configured model and index (``command`` tags the usage ledger and ``usage_context``)."""
+        if retriever is None:
+            retriever = build_retriever(settings, k=k, command=command, mode=mode)
+        if llm is None:
+            from agent.llm import build_llm  # langchain_openai: loaded only when a model is built here
+
+            llm = build_llm(settings, command=command, usage_extra=usage_extra)
+        return cls(settings, llm=llm, retriever=retriever)
+
+    # ------------------------------------------------------------ the steps shared by both paths
+
+    def history(self, turns: Sequence[tuple[str, str] | BaseMessage]) -> list[BaseMessage]:
+        """The earlier turns the pipeline uses: ``KB_CHAT_HISTORY_TOKENS`` of them, whole turns."""
+        return trim_history(as_messages(turns), self.budget)
+
+    def _retrieve(self, query: str, k: int | None, mode: str | None) -> list[Document]:
+        kwargs: dict[str, Any] = {}
+        if k is not None:
+            kwargs["k"] = k
+        if mode:
+            kwargs["mode"] = mode
+        return list(self.retriever.invoke(query, **kwargs))
+
+    def _answer_inputs(self, question: str, standalone: str | None, passages: list[Document]) -> Callable:
+        text = format_passages(passages)
+        note = REWRITTEN_NOTE.format(standalone=standalone) if standalone and standalone.strip() != question.strip() else ""
+
+        def inputs(history: list[BaseMessage]) -> tuple[Any, dict[str, Any]]:
+            if not history:
+                return self._answer, {"question": question, "passages": text}
+            return self._chat_answer, {"history": history, "passages": text, "question": question, "rewritten": note}
+
+        return inputs
+
+    def _gate(self, answer: Answer) -> str | None:
+        declined = refusal(self.settings, answer.passages)
+        if declined:
+            answer.refused = True
+            answer.refusal_reason = NO_PASSAGES if not answer.passages else BELOW_FLOOR
+            answer.text = declined
+        return declined
+
+    def _failures(self, parts: list[str]) -> Any:
+        return translate_failures(partial=lambda: "".join(parts), endpoint=self.endpoint, base_url=self.base_url)
+
+    @staticmethod
+    def _config(config: dict[str, Any] | None, usage: UsageCollector) -> dict[str, Any]:
+        config = dict(config or {})
+        config["callbacks"] = [*(config.get("callbacks") or []), usage]
+        return config
+
+    @staticmethod
+    def _usage() -> UsageCollector:
+        usage = UsageCollector()  # this question's calls; an enclosing collect_usage() sees them too
+        usage.run_inline = True  # a cheap sum: no thread hop per callback event in async runs
+        return usage
+
+    # ------------------------------------------------------------ sync (kb ask, kb chat, kb eval)
+
+    def stream(
+        self,
+        question: str,
+        *,
+        history: Sequence[tuple[str, str] | BaseMessage] = (),
+        k: int | None = None,
+        mode: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> Iterator[Event]:
+        started = time.perf_counter()
+        usage = self._usage()
+        config = self._config(config, usage)
+        answer = Answer(question=question)
+        parts: list[str] = []
+        with self._failures(parts):
+            earlier = self.history(history)
+            if earlier:
+                mark = time.perf_counter()
+                answer.standalone = self._rewrite(question, earlier, config)
+                answer.timing["condense"] = time.perf_counter() - mark
+                if answer.standalone != question:
+                    yield ("rewrite", answer.standalone)
+            mark = time.perf_counter()
+            answer.passages = self._retrieve(answer.standalone or question, k, mode)
+            answer.timing["retrieve"] = time.perf_counter() - mark
+            yield ("passages", answer.passages)
+            declined = self._gate(answer)
+            if declined:
+                yield ("token", declined)
+            else:
+                mark = time.perf_counter()
+                inputs = self._answer_inputs(question, answer.standalone, answer.passages)
+                attempts = shrinking(earlier, self.budget) if earlier else [[]]
+                for n, attempt in enumerate(attempts):
+                    chain, values = inputs(attempt)
+                    try:
+                        for token in chain.stream(values, config):
+                            if token:
+                                parts.append(token)
+                                yield ("token", token)
+                        break
+                    except Exception as exc:
+                        if parts or n == len(attempts) - 1 or not is_context_overflow(exc):
+                            raise
+                answer.text = "".join(parts)
+                answer.sources = cited_sources(answer.text, answer.passages)
+                answer.timing["answer"] = time.perf_counter() - mark
+        answer.usage = usage.totals()
+        answer.timing["total"] = time.perf_counter() - started
+        yield ("done", answer)
+
+    def run(self, question: str, **kwargs: Any) -> Answer:
+        """``stream`` to the end: the ``Answer``."""
+        for kind, value in self.stream(question, **kwargs):
+            if kind == "done":
+                return value
+        raise RuntimeError("the answer stream ended without a result")  # pragma: no cover
+
+    def _rewrite(self, question: str, earlier: list[BaseMessage], config: dict[str, Any]) -> str:
+        attempts = shrinking(earlier, self.budget)
+        for n, attempt in enumerate(attempts):
+            try:
+                values = {"transcript": _transcript(attempt), "question": question}
+                return clean_query("".join(self._condense.stream(values, config)), question)
+            except Exception as exc:
+                if n == len(attempts) - 1 or not is_context_overflow(exc):
+                    raise
+        return question  # pragma: no cover
+
+    # ------------------------------------------------------------ async (the API)
+
+    async def astream(
+        self,
+        question: str,
+        *,
+        history: Sequence[tuple[str, str] | BaseMessage] = (),
+        k: int | None = None,
+        mode: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> AsyncIterator[Event]:
+        """``stream`` for an event loop: model calls are async, retrieval (CPU work: embedding the
+        query, ranking) runs in a worker thread, at most ``limiter`` of them at once."""
+        import anyio
+
+        started = time.perf_counter()
+        usage = self._usage()
+        config = self._config(config, usage)
+        answer = Answer(question=question)
+        parts: list[str] = []
+        with self._failures(parts):
+            earlier = self.history(history)
+            if earlier:
+                mark = time.perf_counter()
+                answer.standalone = await self._arewrite(question, earlier, config)
+                answer.timing["condense"] = time.perf_counter() - mark
+                if answer.standalone != question:
+                    yield ("rewrite", answer.standalone)
+            mark = time.perf_counter()
+            answer.passages = await anyio.to_thread.run_sync(
+                self._retrieve, answer.standalone or question, k, mode, limiter=self.limiter
+            )
+            answer.timing["retrieve"] = time.perf_counter() - mark
+            yield ("passages", answer.passages)
+            declined = self._gate(answer)
+            if declined:
+                yield ("token", declined)
+            else:
+                mark = time.perf_counter()
+                inputs = self._answer_inputs(question, answer.standalone, answer.passages)
+                attempts = shrinking(earlier, self.budget) if earlier else [[]]
+                for n, attempt in enumerate(attempts):
+                    chain, values = inputs(attempt)
+                    try:
+                        async for token in chain.astream(values, config):
+                            if token:
+                                parts.append(token)
+                                yield ("token", token)
+                        break
+                    except Exception as exc:
+                        if parts or n == len(attempts) - 1 or not is_context_overflow(exc):
+                            raise
+                answer.text = "".join(parts)
+                answer.sources = cited_sources(answer.text, answer.passages)
+                answer.timing["answer"] = time.perf_counter() - mark
+        answer.usage = usage.totals()
+        answer.timing["total"] = time.perf_counter() - started
+        yield ("done", answer)
+
+    async def _arewrite(self, question: str, earlier: list[BaseMessage], config: dict[str, Any]) -> str:
+        attempts = shrinking(earlier, self.budget)
+        for n, attempt in enumerate(attempts):
+            try:
+                values = {"transcript": _transcript(attempt), "question": question}
+                return clean_query("".join([part async for part in self._condense.astream(values, config)]), question)
+            except Exception as exc:
+                if n == len(attempts) - 1 or not is_context_overflow(exc):
+                    raise
+        return question  # pragma: no cover

