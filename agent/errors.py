@@ -12,12 +12,12 @@ class ConfigError(KbError):
 
 
 def public_message(exc: BaseException | str) -> str:
-    """The one line to show a user for ``exc``, with every secret masked (``agent.logs.redact``).
+    """The one line to show a user for ``exc``, with every secret masked (``agent.observability.logs.redact``).
 
     Upstream error bodies are quoted into messages and some servers echo the request's
     ``Authorization`` header or token back: every surface (the CLI's ``error:`` line and its
     ``--json`` output, ``kb chat``, the API's ``error.message``) goes through here.
     """
-    from agent.logs import redact
+    from agent.observability.logs import redact
 
     return redact(" ".join(str(exc).split()))

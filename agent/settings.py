@@ -111,7 +111,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be a JSON object of string to string ({exc.msg})") from None
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of string to string")
-        from agent.usage_context import validate_configured  # limits: see agent/usage_context.py
+        from agent.usage.context import validate_configured  # limits: see agent/usage_context.py
 
         return validate_configured(value)
 
@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     def _secret_blank_or_masked(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        from agent.logs import register_secret
+        from agent.observability.logs import register_secret
 
         register_secret(value.get_secret_value().strip())
         return value
@@ -204,7 +204,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _mask_api_keys_in_logs(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        from agent.logs import register_secret
+        from agent.observability.logs import register_secret
 
         for key in value.values():
             register_secret(key.get_secret_value() if isinstance(key, SecretStr) else str(key))
@@ -214,7 +214,7 @@ class Settings(BaseSettings):
     @classmethod
     def _mask_token_in_logs(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip():
-            from agent.logs import register_secret
+            from agent.observability.logs import register_secret
 
             register_secret(value.get_secret_value().strip())
         return value

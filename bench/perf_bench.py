@@ -170,8 +170,8 @@ def mark(name): marks.append((name, time.perf_counter()))
 import agent.cli; mark("import agent.cli (typer, rich)")
 from agent.settings import load_settings; settings = load_settings(); mark("settings (pydantic-settings)")
 import langchain_core.retrievers; mark("import langchain_core (+ langsmith)")
-import agent.retrieval; mark("import agent.retrieval")
-from agent.retrieval import build_retriever
+import agent.rag.retrieval; mark("import agent.rag.retrieval")
+from agent.rag.retrieval import build_retriever
 retriever = build_retriever(settings, k=5); mark(f"open the index ({type(retriever.store).__name__})")
 from ingest.embeddings.weights import minilm_path
 from ingest.embeddings.fast_embed import load_encoder
@@ -198,7 +198,7 @@ def bench_phases(res: Results, work: Path, index_dir: Path, repeat: int) -> list
 
 
 def bench_warm_search(res: Results, indexes: dict[int, Path], count: int) -> None:
-    from agent.retrieval import build_retriever
+    from agent.rag.retrieval import build_retriever
     from agent.settings import load_settings
 
     settings = load_settings()
@@ -238,7 +238,7 @@ def bench_warm_ask(res: Results, work: Path, index_dir: Path, count: int) -> lis
     import openai
 
     from agent.rag.service import AnswerService
-    from agent.retrieval import build_retriever
+    from agent.rag.retrieval import build_retriever
     from agent.settings import load_settings
     from tests.databricks_stub import DatabricksStub, Reply
 

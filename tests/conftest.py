@@ -13,7 +13,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.app import app
 from tests.corpus import write_corpus
 from tests.databricks_stub import DatabricksStub
 

@@ -68,7 +68,7 @@ class ModelCache:
         if self._retriever is None:
             with self._retriever_lock:
                 if self._retriever is None:
-                    from agent.retrieval import build_retriever
+                    from agent.rag.retrieval import build_retriever
 
                     self._retriever = build_retriever(self.settings, command="serve")
         return self._retriever
@@ -159,7 +159,7 @@ class ModelCache:
         return entry
 
     def _build_llm(self, caller: str, model: str, overrides: dict[str, Any] | None) -> Any:
-        from agent.llm import build_llm
+        from agent.databricks.llm import build_llm
 
         llm = build_llm(
             self.settings, command="serve", usage_extra={"caller": caller, "model": model},
@@ -189,7 +189,7 @@ class ModelCache:
         def assistant() -> Any:
             with self._assistant_lock:
                 if entry.assistant is None:
-                    from agent.assistant import build_assistant
+                    from agent.assistant.service import build_assistant
 
                     entry.assistant = build_assistant(self.settings, llm=entry.llm, retriever=self.retriever())
                 return entry.assistant

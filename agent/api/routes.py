@@ -99,7 +99,7 @@ async def get_model(model: str) -> dict[str, Any]:
 
 @private.post("/api/search")
 async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
-    from agent.retrieval import search_json
+    from agent.rag.retrieval import search_json
 
     backend = _backend(request)
     query = _check_length(body.query, request, "query")
@@ -113,8 +113,8 @@ async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
 
 @private.post("/api/ask")
 async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
-    from agent.retrieval import search_json
-    from agent.tokens import UNKNOWN
+    from agent.rag.retrieval import search_json
+    from agent.usage.tokens import UNKNOWN
 
     models = _backend(request)
     question = _check_length(body.question, request, "question")

@@ -8,7 +8,7 @@ slot (``on_finished``) is released when the work has really ended.
 
 - ``rag_run``: kb-rag is the answer service's ``astream`` (``agent.rag.service``): fully async, so
   64 concurrent streams cost 64 coroutines, not 64 threads.
-- ``agent_run``: kb-agent is ``agent.assistant.run_assistant`` in a worker thread, its events
+- ``agent_run``: kb-agent is ``agent.assistant.service.run_assistant`` in a worker thread, its events
   bridged to the loop; closing the run stops the thread at its next event.
 """
 
@@ -112,7 +112,7 @@ def agent_run(
     on_finished: Callable[[], None],
 ) -> AnswerRun:
     """kb-agent: ``run_assistant`` in a worker thread; its events come to the loop."""
-    from agent.assistant import run_assistant
+    from agent.assistant.service import run_assistant
 
     settings = models.settings
     assistant = models.assistant_factory(caller, overrides)

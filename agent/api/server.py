@@ -56,9 +56,9 @@ def check_bind(settings: Settings, host: str, insecure: bool) -> list[str]:
 def app_from_env():
     """Factory for uvicorn workers (``--workers N``): each process reads the same environment."""
     from agent.api import create_app
-    from agent.logs import configure_logging
+    from agent.observability.logs import configure_logging
 
-    from agent.tracing import configure_tracing
+    from agent.observability.tracing import configure_tracing
 
     configure_logging(verbose=os.environ.get("KB_SERVE_VERBOSE") == "1", json_format=os.environ.get("KB_SERVE_LOG_JSON") == "1")
     settings = load_settings()

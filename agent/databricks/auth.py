@@ -13,7 +13,7 @@ Two routes, one result (``Connection``):
 OAuth access tokens live about an hour, so the header is produced per request: ``SdkAuth`` is an
 ``httpx.Auth`` that asks ``Config.authenticate()`` (which returns a cached token and refreshes it
 when it expires) for every chat and embeddings request. Every token it hands out is registered with
-``agent.logs`` so that it is redacted from logs, errors and output like the PAT.
+``agent.observability.logs`` so that it is redacted from logs, errors and output like the PAT.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from agent.databricks.httpx_compat import httpx_module
 from agent.errors import AuthError, ConfigError
-from agent.logs import redact, register_secret
+from agent.observability.logs import redact, register_secret
 from agent.settings import Settings
 
 SERVING_SUFFIX = "/serving-endpoints"

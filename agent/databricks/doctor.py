@@ -3,7 +3,7 @@
 Each check gives a ``Check`` (ok / fail / skip, a one-line detail, a fix). A check that depends on an
 earlier failed one is skipped with the reason, so the first failure is the one to fix. Remote checks
 use the Databricks SDK's ``WorkspaceClient`` (the serving-endpoints and current-user APIs) with the
-same credentials as the chat model; nothing here prints a secret (messages pass ``agent.logs.redact``).
+same credentials as the chat model; nothing here prints a secret (messages pass ``agent.observability.logs.redact``).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ class Doctor:
         name = self.settings.embedding_endpoint
         if not self._check_endpoint(name, "embeddings endpoint", EMBEDDINGS_TASK, "KB_EMBEDDING_ENDPOINT"):
             return
-        from agent.retrieval import build_embeddings
+        from agent.rag.retrieval import build_embeddings
         from ingest.store.snapshot import index_summary
 
         try:
@@ -212,7 +212,7 @@ class Doctor:
             return self._skip("chat call", "needs authentication")
         if self.client is not None and not getattr(self, "chat_ok", False):
             return self._skip("chat call", "needs a READY chat endpoint")
-        from agent.llm import build_llm
+        from agent.databricks.llm import build_llm
 
         try:
             llm = build_llm(self.settings, command="doctor", max_tokens=8, max_retries=0)
@@ -234,7 +234,7 @@ class Doctor:
             return self._skip("index", "needs valid settings")
         if self.settings.chroma_url:
             return self._skip("index", f"Chroma server at {self.settings.chroma_url} (checked by kb search)")
-        from agent.retrieval import build_embeddings
+        from agent.rag.retrieval import build_embeddings
         from ingest.store.chroma import model_id_of
         from ingest.store.snapshot import index_summary
 
@@ -260,7 +260,7 @@ class Doctor:
             return self._skip("usage ledger", "needs valid settings")
         import sqlite3
 
-        from agent.ledger import ledger_path
+        from agent.usage.ledger import ledger_path
 
         path = ledger_path(self.settings)
         if path is None:

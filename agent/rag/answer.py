@@ -1,6 +1,6 @@
 """``Answer``: what every surface gets back for a question, whichever service produced it.
 
-The retrieval pipeline (``agent.rag.service``) and the tool assistant (``agent.assistant``) both
+The retrieval pipeline (``agent.rag.service``) and the tool assistant (``agent.assistant.service``) both
 return it; ``kb ask --json``, ``/api/ask``, ``kb agent --json`` and chat completions are views of it.
 
 - ``text``: the answer with ``[n]`` citations (the refusal text when ``refused``; what arrived
@@ -9,7 +9,7 @@ return it; ``kb ask --json``, ``/api/ask``, ``kb agent --json`` and chat complet
   ``citations``: the cited numbers in order of first citation.
 - ``passages``: what retrieval returned (numbered from 1 in the prompt).
 - ``usage``: every model call of the question counted (a follow-up's rewrite included), or
-  "unknown" (``agent.tokens.UNKNOWN``) when a call reported nothing or no model was called.
+  "unknown" (``agent.usage.tokens.UNKNOWN``) when a call reported nothing or no model was called.
 - ``refused`` / ``refusal_reason`` (``"no_passages"`` or ``"below_relevance_floor"``).
 - ``timing``: seconds per step (``condense``, ``retrieve``, ``answer``, ``total``).
 - ``partial`` / ``error``: a stream cut after the first token (see ``Answer.interrupted``).
@@ -23,10 +23,10 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from agent.chain import cited_numbers
+from agent.rag.chain import cited_numbers
 from agent.errors import StreamInterruptedError, public_message
-from agent.retrieval import explain_json, result_json
-from agent.tokens import UNKNOWN
+from agent.rag.retrieval import explain_json, result_json
+from agent.usage.tokens import UNKNOWN
 
 NO_PASSAGES = "no_passages"
 BELOW_FLOOR = "below_relevance_floor"

@@ -12,7 +12,7 @@ Steps, the same on every surface:
    ``[n]`` markers removed since they referred to other passages), the model rewrites the question
    into a standalone search query (streamed like every call, so its usage is reported);
 2. retrieve: the retriever runs on that query (``k`` and ``mode`` per call when given);
-3. relevance gate: ``agent.retrieval.refusal`` declines, without an answer call, when nothing
+3. relevance gate: ``agent.rag.retrieval.refusal`` declines, without an answer call, when nothing
    retrieved is relevant enough;
 4. answer: the numbered, delimited passages and the question (plus the trimmed history and the
    standalone rewrite when there is history), streamed; if the endpoint says the request is too
@@ -35,14 +35,14 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 
-from agent.chain import cited_sources
-from agent.history import is_context_overflow, shrinking, trim_history
-from agent.prompts import ANSWER_PROMPT, CHAT_PROMPT, CONDENSE_PROMPT, REWRITTEN_NOTE, format_passages, format_transcript
+from agent.rag.chain import cited_sources
+from agent.rag.history import is_context_overflow, shrinking, trim_history
+from agent.rag.prompts import ANSWER_PROMPT, CHAT_PROMPT, CONDENSE_PROMPT, REWRITTEN_NOTE, format_passages, format_transcript
 from agent.rag.answer import BELOW_FLOOR, NO_PASSAGES, Answer
 from agent.rag.failures import translate_failures
-from agent.retrieval import build_retriever, refusal
+from agent.rag.retrieval import build_retriever, refusal
 from agent.settings import Settings
-from agent.tokens import UsageCollector
+from agent.usage.tokens import UsageCollector
 
 Event = tuple[str, Any]
 MAX_QUERY_CHARS = 500
@@ -108,7 +108,7 @@ class AnswerService:
         if retriever is None:
             retriever = build_retriever(settings, k=k, command=command, mode=mode)
         if llm is None:
-            from agent.llm import build_llm  # langchain_openai: loaded only when a model is built here
+            from agent.databricks.llm import build_llm  # langchain_openai: loaded only when a model is built here
 
             llm = build_llm(settings, command=command, usage_extra=usage_extra)
         return cls(settings, llm=llm, retriever=retriever)

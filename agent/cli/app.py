@@ -1,0 +1,526 @@
+"""``kb``: the command line. Only wiring: settings in, library calls, Rich output.
+
+Heavy libraries (LangChain, Chroma, torch) are imported inside the commands, so ``kb --help``
+starts instantly. Every KbError becomes one ``error: ...`` line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from agent import __version__
+from agent.terminal import clean, literal, markup
+
+app = typer.Typer(
+    name="kb",
+    help="Ask your company's documents: a local Chroma index + an LLM on Databricks Model Serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: Typer's Rich help formatter costs ~0.1 s of every `kb --help`
+)
+# Untrusted text (documents, file names, answers) is printed through agent.terminal: no emoji
+# codes on these consoles, markup escaped, terminal control sequences stripped.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    from agent.errors import public_message  # secrets masked, even when an upstream body echoed one
+
+    err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)}")
+    return typer.Exit(getattr(exc, "exit_code", 1))
+
+
+def handle_errors(command):
+    """Turn the project's errors (and Ctrl-C) into one clear line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from agent.errors import KbError
+        from agent.observability.tracing import traced_command  # MLflow only when KB_MLFLOW_TRACKING_URI is set
+
+        try:
+            with traced_command(command.__name__.rstrip("_")):
+                return command(*args, **kwargs)
+        except KbError as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"kb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each model call (tokens, latency) and HTTP request to stderr.")
+    ] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Write logs as JSON lines (secrets redacted).")] = False,
+) -> None:
+    """kb: answers over internal documents with a Databricks-served LLM."""
+    from agent.observability.logs import configure_logging
+
+    configure_logging(verbose=verbose, json_format=log_json)
+
+
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", help="Databricks config profile in ~/.databrickscfg (as DATABRICKS_CONFIG_PROFILE)."),
+]
+
+
+def _use_profile(profile: str | None) -> None:
+    """--profile: set for this process and its children (kb serve's workers), like the SDK's variable."""
+    if profile:
+        import os
+
+        os.environ["DATABRICKS_CONFIG_PROFILE"] = profile
+
+
+def _settings():
+    from agent.settings import load_settings
+
+    return load_settings()
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@app.command()
+@handle_errors
+def ingest(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: KB_KNOWLEDGE_DIR).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build a fresh index; queries use the old one until it is done.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail if any file is skipped.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    checksum: Annotated[
+        bool, typer.Option("--checksum", help="Detect changes by content hash, even when size and mtime are unchanged.")
+    ] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Sync documents into the index: new and changed files are embedded, deleted ones removed.
+
+    Reads Markdown, text, reStructuredText, HTML, PDF, Word (.docx), CSV, JSON, notebooks (.ipynb,
+    Databricks source) and source code; other files are skipped and reported.
+    """
+    _use_profile(profile)
+    from agent.errors import IngestError
+    from agent.rag.retrieval import build_embeddings
+    from ingest.store.folder import check_index_dir
+    from ingest.sync.isolation import ParseLimits
+    from ingest.sync.job import ingest as run_ingest
+
+    settings = _settings()
+    check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
+    targets = paths or [settings.knowledge_dir]
+    embeddings = None if dry_run else build_embeddings(settings, command="ingest")
+    if settings.embeddings == "databricks" and embeddings is not None:
+        embeddings.batch_size = settings.embedding_batch
+        embeddings.max_concurrency = settings.embedding_concurrency
+    with _progress(enabled=not as_json and not dry_run) as progress:
+        summary = run_ingest(
+            targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=progress,
+            chroma_url=settings.chroma_url, max_bytes=int(settings.max_file_mb * 1024 * 1024), checksum=checksum,
+            parse_limits=ParseLimits(timeout=settings.parse_timeout, memory_mb=settings.parse_memory_mb),
+            max_chunks=settings.max_chunks_per_file,
+        )
+    where = settings.chroma_url or str(settings.index_dir)
+    if as_json:
+        print(json.dumps(summary.to_dict() | {"index": where}, indent=2, ensure_ascii=False))
+    else:
+        _print_ingest_summary(summary, targets, where)
+    indexed = summary.added + summary.changed + summary.unchanged
+    if indexed == 0 and summary.skipped:
+        raise IngestError(f"nothing could be indexed: all {len(summary.skipped)} files were skipped")
+    if indexed == 0 and not summary.deleted:
+        raise IngestError(f"no documents found in {', '.join(str(t) for t in targets)}")
+    if strict and summary.skipped:
+        raise IngestError(f"{len(summary.skipped)} file(s) skipped and --strict is set")
+
+
+class _progress:
+    """A Rich progress bar fed by the ingest's (done, total) callback."""
+
+    def __init__(self, enabled: bool, label: str = "embedding chunks") -> None:
+        self.enabled = enabled and err.is_terminal
+        self.label = label
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True,
+        )
+        self._bar.start()
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._task = self._bar.add_task("embed", total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _print_ingest_summary(summary: Any, targets: list[Path], where: str) -> None:
+    verb = "Would index" if summary.dry_run else "Indexed"
+    out.print(
+        f"{verb} {markup(', '.join(str(t) for t in targets), line=True)}: {summary.added} added, {summary.changed} changed, "
+        f"{summary.unchanged} unchanged, {summary.deleted} deleted, {len(summary.skipped)} skipped"
+    )
+    if summary.dry_run:
+        marks = {"added": "+", "changed": "~", "deleted": "-"}
+        for change in summary.files[:200]:
+            detail = {"added": f"{change['chunks']} chunks", "deleted": f"{change['to_delete']} chunks to delete",
+                      "changed": f"{change['to_embed']} chunks to embed, {change['to_delete']} to delete"}[change["action"]]
+            out.print(f"  {marks[change['action']]} {markup(change['source'], line=True)} ({detail})")
+        if len(summary.files) > 200:
+            out.print(f"  ... and {len(summary.files) - 200} more (--json lists them all)")
+        out.print(f"chunks to embed: {summary.chunks_embedded}, chunks to delete: {summary.chunks_deleted} (nothing written)")
+    else:
+        reused = f" (+{summary.chunks_reused} reused)" if summary.chunks_reused else ""
+        out.print(
+            f"chunks embedded: {summary.chunks_embedded}{reused}, deleted: {summary.chunks_deleted}; "
+            f"{summary.chunks_total} chunks in {markup(where, line=True)} ({summary.seconds:.1f} s)"
+        )
+    for skipped in summary.skipped[:50]:
+        err.print(f"[yellow]skipped[/] {markup(skipped.source, line=True)}: {markup(skipped.reason, line=True)}")
+    if len(summary.skipped) > 50:
+        err.print(f"[yellow]skipped[/] ... and {len(summary.skipped) - 50} more (--json lists them all)")
+    for cut in summary.truncated[:50]:
+        err.print(f"[yellow]truncated[/] {markup(cut['source'], line=True)}: {markup(cut['reason'], line=True)}")
+    if len(summary.truncated) > 50:
+        err.print(f"[yellow]truncated[/] ... and {len(summary.truncated) - 50} more (--json lists them all)")
+
+
+# ---------------------------------------------------------------- search
+
+
+@app.command()
+@handle_errors
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many passages.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each hit's dense and BM25 ranks and scores.")] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Find the passages closest to QUERY. Needs no LLM and no network."""
+    _use_profile(profile)
+    from agent.rag.retrieval import build_retriever, search_json
+
+    settings = _settings()
+    retriever = build_retriever(settings, k=k, mode=mode)
+    documents = retriever.invoke(query)
+    if as_json:
+        print(json.dumps(search_json(query, documents, explain=explain, mode=retriever.mode), indent=2, ensure_ascii=False))
+    else:
+        _print_passages(documents)
+        _print_explain(documents, explain)
+
+
+def _print_explain(documents: list[Any], explain: bool) -> None:
+    if explain and documents:
+        from agent.cli.explain import explain_table
+
+        out.print(explain_table(documents))
+
+
+def _print_passages(documents: list[Any]) -> None:
+    from rich.panel import Panel
+
+    if not documents:
+        out.print("no passages found")
+    for rank, document in enumerate(documents, 1):
+        meta = document.metadata
+        where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
+        title = f"[{rank}] {meta.get('source')} · {meta.get('title', '')}" + (f" · {where}" if where else "")
+        subtitle = f"score {meta.get('score', 0):.3f}"
+        # soft_wrap off here: a panel must wrap its text, not crop it, also when output is piped
+        out.print(
+            Panel(markup(document.page_content), title=literal(title), title_align="left", subtitle=subtitle),
+            soft_wrap=False,
+        )
+
+
+# ---------------------------------------------------------------- ask
+
+
+@app.command()
+@handle_errors
+def ask(
+    question: Annotated[str, typer.Argument(help="Your question.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="How many passages to give the model.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of streaming.")] = False,
+    mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each passage's dense and BM25 ranks and scores.")] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Answer QUESTION from the indexed documents with numbered citations, streamed."""
+    _use_profile(profile)
+    from agent.errors import StreamInterruptedError, public_message
+    from agent.rag.answer import Answer
+    from agent.rag.service import AnswerService
+    from agent.rag.retrieval import build_retriever, search_json
+    from agent.usage.tokens import UNKNOWN
+
+    settings = _settings()
+    retriever = build_retriever(settings, k=k, command="ask", mode=mode)
+    if not settings.llm_configured:
+        missing = " and ".join(settings.missing_llm_settings())
+        notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
+        documents = retriever.invoke(question)
+        if as_json:
+            data = search_json(question, documents, explain=explain)
+            print(json.dumps({"question": question, "answer": None, "error": notice, "sources": [],
+                              "usage": dict(UNKNOWN), "passages": data["results"]}, indent=2, ensure_ascii=False))
+        else:
+            err.print(f"[yellow]note:[/] {escape(notice)}")
+            _print_passages(documents)
+            _print_explain(documents, explain)
+        return
+
+    service = AnswerService.from_settings(settings, command="ask", retriever=retriever)
+    result: Any = None
+    try:
+        for kind, value in service.stream(question):
+            if as_json:
+                result = value if kind == "done" else result
+            elif kind == "passages":
+                _print_explain(value, explain)
+            elif kind == "token":
+                _write(value)
+            elif kind == "done":
+                result = value
+    except StreamInterruptedError as exc:
+        if not as_json:
+            _write("\n")
+        else:
+            print(json.dumps(Answer.interrupted(question, exc).to_json(), indent=2, ensure_ascii=False))
+        err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)} (the answer above is incomplete)")
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        print(json.dumps(result.to_json(explain=explain), indent=2, ensure_ascii=False))
+        return
+    _write("\n")
+    if result.refused:  # nothing relevant enough: it said so instead of letting the model guess
+        closest = ", ".join(f"{d.metadata.get('source')} ({d.metadata.get('dense_score') or 0:.2f})"
+                            for d in result.passages[:3])
+        if closest:
+            out.print(f"[dim]closest passages: {markup(closest, line=True)}[/]")
+        return
+    if result.sources:
+        out.print("\n[bold]Sources[/]")
+        for item in result.sources:
+            where = item.get("section") or (f"page {item['page']}" if item.get("page") else "")
+            line = f"  [{item['n']}] {item['source'] or '?'} · {item.get('title') or ''}" + (f" · {where}" if where else "")
+            out.print(literal(line))
+    else:
+        out.print("\n[dim](the answer cites no passage)[/]")
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(clean(text))  # a streamed model answer: no escape sequence reaches the terminal
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- chat, agent
+
+
+@app.command()
+@handle_errors
+def chat(
+    session: Annotated[
+        str | None, typer.Option("--session", help="Keep the conversation under this name across runs (in KB_INDEX_DIR).")
+    ] = None,
+    use_agent: Annotated[bool, typer.Option("--agent", help="Use the tool-using assistant instead of one search per question.")] = False,
+    k: Annotated[int | None, typer.Option("-k", min=1, max=50, help="Passages per question (default KB_TOP_K; without --agent).")] = None,
+    profile: ProfileOption = None,
+) -> None:
+    """Chat with the documents: follow-up questions, streamed cited answers; /sources /reset /exit."""
+    _use_profile(profile)
+    from agent.rag.history import check_session_name
+    from agent.cli.repl import Terminal, chat_repl
+
+    settings = _settings()
+    if session is not None:
+        check_session_name(session)
+    code = chat_repl(settings, session=session, agent=use_agent, k=k, term=Terminal(out, err))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def agent(
+    task: Annotated[str, typer.Argument(help="What to find out or do with the documents.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer, sources and steps as JSON.")] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Let the assistant search, read and calculate over the documents; shows each tool call, then the cited answer."""
+    _use_profile(profile)
+    from agent.cli.repl import Terminal, run_agent_task
+
+    code = run_agent_task(_settings(), task, as_json=as_json, term=Terminal(out, err, interactive=False))
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without KB_API_KEYS (open to anyone).")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (use the CPU count).")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (access log at info).")] = "info",
+    profile: ProfileOption = None,
+) -> None:
+    """Serve the HTTP API (OpenAI-compatible /v1/chat/completions, /api/search, /api/ask) and the chat page at /."""
+    _use_profile(profile)
+    from agent.api.server import check_bind, serve as run_server
+
+    settings = _settings()
+    check_bind(settings, host, insecure)
+    run_server(settings, host=host, port=port, insecure=insecure, workers=workers, log_level=log_level)
+
+
+# ---------------------------------------------------------------- eval
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_(
+    gold: Annotated[Path, typer.Argument(help="Gold set: JSON Lines of {id, question, sources, answer}.")],
+    modes: Annotated[
+        list[str] | None, typer.Option("--mode", help="dense, bm25 or hybrid; repeatable (default: all three).")
+    ] = None,
+    answers: Annotated[bool, typer.Option("--answers", help="Also answer each question and have the model judge it.")] = False,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option("--fail-under", help="METRIC=VALUE (e.g. nDCG@10=0.8, hybrid:hit@5=0.9); exit 1 if missed. Repeatable."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode) and optionally answers on a gold set."""
+    _use_profile(profile)
+    from agent.evaluation.report import print_report
+    from agent.evaluation.evaluate import EvalThresholdError, failed_checks_message, run_eval
+
+    settings = _settings()
+    with _progress(enabled=not as_json, label="evaluating questions") as progress:
+        report = run_eval(
+            settings, gold, modes=modes or ("dense", "bm25", "hybrid"), answers=answers,
+            fail_under=fail_under or (), on_question=progress,
+        )
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print_report(report, out)
+    if not report["ok"]:
+        raise EvalThresholdError(failed_checks_message(report))
+
+
+# ---------------------------------------------------------------- usage
+
+
+@app.command()
+@handle_errors
+def usage(
+    since: Annotated[str, typer.Option("--since", help="How far back: 7d, 24h, 30m, 2w, a date (2025-01-31), or 'all'.")] = "7d",
+    by: Annotated[str, typer.Option("--by", help="Group by command, endpoint, caller or day.")] = "command",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Model calls recorded in the local usage ledger: requests, tokens, latency p50/p95."""
+    from agent.usage.ledger import ledger_path, open_ledger
+    from agent.usage.report import GROUPINGS, parse_since, report_json, usage_table
+
+    settings = _settings()
+    if by not in GROUPINGS:
+        from agent.errors import UsageError
+
+        raise UsageError(f"invalid --by '{by}': use one of {', '.join(GROUPINGS)}")
+    start = parse_since(since)
+    ledger = open_ledger(settings)
+    rows = ledger.rows(start) if ledger is not None else []
+    path = ledger_path(settings)
+    report = report_json(rows, by=by, since=start, ledger=str(path) if path else None)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    elif ledger is None:
+        err.print("[yellow]note:[/] the usage ledger is off (KB_USAGE_LEDGER=off)")
+    elif not rows:
+        out.print(f"no model calls recorded {'since ' + markup(since, line=True) + ' ' if start else ''}"
+                  f"in {markup(path, line=True)}")
+    else:
+        out.print(usage_table(report))
+
+
+# ---------------------------------------------------------------- doctor
+
+
+@app.command()
+@handle_errors
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    profile: ProfileOption = None,
+) -> None:
+    """Check settings, authentication, the workspace, the endpoints, a chat call, the index, the ledger
+    and tracing, in that order; print a fix for each failure. Exit 0 when all pass, 1 otherwise."""
+    _use_profile(profile)
+    from agent.databricks.doctor import run_doctor
+    from agent.errors import public_message
+
+    ok, checks = run_doctor()
+    if as_json:
+        print(json.dumps({"ok": ok, "checks": [check.to_json() for check in checks]}, indent=2, ensure_ascii=False))
+    else:
+        marks = {"ok": "[green]ok  [/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+        for check in checks:  # details may quote upstream messages: shown literally, secrets masked
+            out.print(f"{marks[check.status]} {markup(check.name):<20} {markup(public_message(check.detail))}")
+            if check.status == "fail" and check.fix:
+                out.print(f"     [yellow]fix:[/] {markup(public_message(check.fix))}")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`kb eval`: gold sets, retrieval metrics, answer judging and the report."""

@@ -1,0 +1,1 @@
+"""Logs (with secrets redacted) and MLflow tracing."""
