@@ -92,13 +92,26 @@ def configure_tracing(settings) -> bool:
 
 
 def _databricks_credentials(settings) -> None:
-    """MLflow's Databricks client reads DATABRICKS_HOST / DATABRICKS_TOKEN from the environment;
-    fill them from kb's settings (which may come from .env or base_url) when they are not set."""
+    """MLflow's Databricks client authenticates with the Databricks SDK's unified auth, which reads
+    the environment; fill it from kb's settings (which may come from .env or base_url) where unset:
+    the host, and whichever credentials kb was given (token, profile, OAuth client, Azure)."""
     if not os.environ.get("DATABRICKS_HOST") and settings.serving_base_url:
         parsed = urlparse(settings.serving_base_url)
         os.environ["DATABRICKS_HOST"] = f"{parsed.scheme}://{parsed.netloc}"
-    if not os.environ.get("DATABRICKS_TOKEN") and settings.databricks_token is not None:
-        os.environ["DATABRICKS_TOKEN"] = settings.databricks_token.get_secret_value()
+    values = {
+        "DATABRICKS_TOKEN": settings.databricks_token,
+        "DATABRICKS_CONFIG_PROFILE": settings.databricks_config_profile,
+        "DATABRICKS_CONFIG_FILE": settings.databricks_config_file,
+        "DATABRICKS_AUTH_TYPE": settings.databricks_auth_type,
+        "DATABRICKS_CLIENT_ID": settings.databricks_client_id,
+        "DATABRICKS_CLIENT_SECRET": settings.databricks_client_secret,
+        "ARM_CLIENT_ID": settings.azure_client_id,
+        "ARM_CLIENT_SECRET": settings.azure_client_secret,
+        "ARM_TENANT_ID": settings.azure_tenant_id,
+    }
+    for name, value in values.items():
+        if value is not None and not os.environ.get(name):
+            os.environ[name] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
 
 
 def disable_tracing() -> None:
