@@ -16,9 +16,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# dev + the mlflow extra, so the MLflow tracing tests run rather than skip.
+# dev + the mlflow and agents extras, so the MLflow tracing and agent tests run rather than skip.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,mlflow]"
+	$(BIN)/pip install -q -e ".[dev,mlflow,agents]"
 	touch $@
 
 setup: $(VENV)/.installed

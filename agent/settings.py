@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict, validation_alias=_env("KB_API_KEYS")
     )
+    # Access control (ingest/access.py): the groups after a key's second ':' (name:key:group|group), read
+    # from KB_API_KEYS by _parse_api_key_groups; who may read a document no .kb-access rule covers;
+    # the CLI's groups (--as-groups; unset: the CLI reads everything).
+    api_key_groups: Annotated[dict[str, frozenset[str]], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("KB_API_KEYS")
+    )
+    access_default: Literal["all", "none"] = Field("all", validation_alias=_env("KB_ACCESS_DEFAULT"))
+    as_groups: Annotated[frozenset[str] | None, NoDecode] = Field(None, validation_alias=_env("KB_AS_GROUPS"))
+    access_users: Path | None = Field(None, validation_alias=_env("KB_ACCESS_USERS"))  # forwarded user -> groups
     api_max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576, validation_alias=_env("KB_API_MAX_BODY_BYTES"))
     api_max_question_chars: int = Field(4000, ge=1, le=1_000_000, validation_alias=_env("KB_API_MAX_QUESTION_CHARS"))
     api_max_messages: int = Field(50, ge=1, le=10_000, validation_alias=_env("KB_API_MAX_MESSAGES"))
@@ -81,6 +90,12 @@ class Settings(BaseSettings):
     api_max_concurrency: int = Field(64, ge=1, le=10_000, validation_alias=_env("KB_API_MAX_CONCURRENCY"))
     # Ingestion and the index (ingest/): Chroma server, size cap, Databricks embedding batches.
     chroma_url: str | None = Field(None, validation_alias=_env("KB_CHROMA_URL"))
+    # Databricks Vector Search as the index (ingest/store/vector_search.py); chroma stays the default.
+    vector_store: Literal["chroma", "databricks"] = Field("chroma", validation_alias=_env("KB_VECTOR_STORE"))
+    vs_index: str | None = Field(None, validation_alias=_env("KB_VS_INDEX"))
+    vs_endpoint: str | None = Field(None, validation_alias=_env("KB_VS_ENDPOINT"))
+    vs_read_only: bool = Field(False, validation_alias=_env("KB_VS_READ_ONLY"))
+    vs_columns: dict[str, str] = Field(default_factory=dict, validation_alias=_env("KB_VS_COLUMNS"))
     max_file_mb: float = Field(50.0, gt=0, le=100_000, validation_alias=_env("KB_MAX_FILE_MB"))
     embedding_batch: int = Field(64, ge=1, le=2048, validation_alias=_env("KB_EMBEDDING_BATCH"))
     embedding_concurrency: int = Field(4, ge=1, le=64, validation_alias=_env("KB_EMBEDDING_CONCURRENCY"))
@@ -93,6 +108,9 @@ class Settings(BaseSettings):
     api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("KB_API_ALLOWED_HOSTS")
     )
+    # HTTP API behind a proxy that authenticates every request and names the user in
+    # X-Forwarded-Email (a Databricks App): that user is the caller (agent/api/auth.py).
+    trust_forwarded_user: bool = Field(False, validation_alias=_env("KB_TRUST_FORWARDED_USER"))
 
     @field_validator("api_allowed_hosts", mode="before")
     @classmethod
@@ -115,10 +133,42 @@ class Settings(BaseSettings):
 
         return validate_configured(value)
 
+    @field_validator("api_key_groups", mode="before")
+    @classmethod
+    def _parse_api_key_groups(cls, value: Any) -> Any:
+        """``name:key:hr|legal`` -> {name: {"hr", "legal"}}; no third field -> no group (public only)."""
+        if not isinstance(value, str):
+            return value
+        from ingest.access import AccessRulesError, parse_groups
+
+        groups: dict[str, frozenset[str]] = {}
+        for position, entry in enumerate((e.strip() for e in value.split(",")), 1):
+            if not entry:
+                continue
+            name, _, rest = (part.strip() for part in entry.partition(":"))
+            _, third, names = rest.rpartition(":") if ":" in rest else ("", "", "")
+            try:
+                groups[name] = parse_groups(names, where=f"entry {position} ('{name}'): ") if third else frozenset()
+            except AccessRulesError as exc:
+                raise ValueError(f"{exc.message} (the third field, after the key, lists the caller's groups)") from None
+        return groups
+
+    @field_validator("as_groups", mode="before")
+    @classmethod
+    def _parse_as_groups(cls, value: Any) -> Any:
+        if value is None or not isinstance(value, str):
+            return value
+        from ingest.access import AccessRulesError, parse_groups
+
+        try:
+            return parse_groups(value)
+        except AccessRulesError as exc:
+            raise ValueError(exc.message) from None
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: Any) -> Any:
-        """``name:key,name2:key2`` -> {name: key}; messages never echo a key."""
+        """``name:key,name2:key2`` (or ``name:key:group|group``) -> {name: key}; messages never echo a key."""
         if not isinstance(value, str):
             return value
         keys: dict[str, str] = {}
@@ -126,6 +176,8 @@ class Settings(BaseSettings):
             if not entry:
                 continue
             name, sep, key = (part.strip() for part in entry.partition(":"))
+            if ":" in key:  # name:key:groups (groups: _parse_api_key_groups); a key itself has no ':'
+                key = key.rpartition(":")[0].strip()
             if not sep or not name or not key:
                 raise ValueError(f"entry {position} must look like name:key (comma-separated pairs)")
             if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
@@ -181,6 +233,18 @@ class Settings(BaseSettings):
         register_secret(value.get_secret_value().strip())
         return value
 
+    @field_validator("vs_index", "vs_endpoint")
+    @classmethod
+    def _check_vs_names(cls, value: str | None, info: Any) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if info.field_name == "vs_index" and not re.fullmatch(r"[^.\s`]+\.[^.\s`]+\.[^.\s`]+", value):
+            raise ValueError("must be the index's full name catalog.schema.name")
+        if info.field_name == "vs_endpoint" and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError("must be a Vector Search endpoint name (letters, digits, '-', '_')")
+        return value
+
     @field_validator("chroma_url")
     @classmethod
     def _check_chroma_url(cls, value: str | None) -> str | None:
@@ -195,6 +259,14 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("has an invalid port") from None
         return value
+
+    @field_validator("index_dir")
+    @classmethod
+    def _absolute_index_dir(cls, value: Path) -> Path:
+        """Absolute (``~`` expanded, not resolved): every message names the folder wherever kb runs."""
+        import os
+
+        return Path(os.path.abspath(value.expanduser()))
 
     @field_validator("min_relevance", mode="before")
     @classmethod

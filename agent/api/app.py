@@ -3,7 +3,7 @@
     from agent.api import create_app
     app = create_app(load_settings())          # uvicorn.run(app) / TestClient(app)
 
-Routes: ``POST /v1/chat/completions`` (kb-rag, kb-agent; streaming or not), ``GET /v1/models``,
+Routes: ``POST /v1/chat/completions`` and ``POST /v1/responses`` (kb-rag, kb-agent; streaming or not), ``GET /v1/models``,
 ``POST /api/search``, ``POST /api/ask``, ``GET /api/documents[/{source}]``, ``GET /healthz``,
 ``GET /readyz``, and the chat page at ``/`` (``agent/static``). ``llm`` and ``retriever`` replace
 the configured ones (tests, notebooks).
@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from agent import __version__
-from agent.api import chat, routes
+from agent.api import chat, responses, routes
 from agent.api.auth import ANONYMOUS, Callers
 from agent.api.backend import ModelCache
 from agent.api.errors import ApiError, conceal, install_error_handlers
@@ -72,6 +72,7 @@ def create_app(
     install_error_handlers(app)
 
     app.add_api_route("/v1/chat/completions", chat.chat_completions, methods=["POST"])
+    app.add_api_route("/v1/responses", responses.create_response, methods=["POST"])
     app.include_router(routes.public)
     app.include_router(routes.private)
 

@@ -7,7 +7,9 @@
   ``usage_extra={"caller": name, "model": ...}`` so every Databricks request is attributed to the
   API key's name, and beside it what is built on that model: the answer service
   (``agent.rag.service.AnswerService``, kb-rag) and the assistant graph (kb-agent). Everything that
-  changes an answer is in the key, the caller included (permissions will add the caller's groups);
+  changes an answer is in the key, the caller and the caller's groups included (what it may read:
+  ``ingest.access``); retrieval gets the groups on every call, and the shared retriever's own default
+  is "public documents only", so a call that forgot them could never see more;
 - one async HTTP client per event loop (``agent.databricks.transport.async_client``), shared by the
   models: connections are reused across requests and callers. A new loop gets new clients and models.
 
@@ -36,7 +38,8 @@ log = logging.getLogger("kb.api")
 
 MAX_CACHED_MODELS = 128
 
-ModelKey = tuple[str, str, tuple[tuple[str, Any], ...]]  # (caller, model, sorted overrides)
+ModelKey = tuple[str, str, tuple[tuple[str, Any], ...], tuple[str, ...]]  # (caller, model, overrides, groups)
+NO_GROUPS: frozenset[str] = frozenset()  # only what everyone may read
 
 
 @dataclass
@@ -70,12 +73,12 @@ class ModelCache:
                 if self._retriever is None:
                     from agent.rag.retrieval import build_retriever
 
-                    self._retriever = build_retriever(self.settings, command="serve")
+                    self._retriever = build_retriever(self.settings, command="serve", groups=NO_GROUPS)
         return self._retriever
 
-    def retrieve(self, query: str, k: int, mode: str | None = None) -> list[Document]:
-        """Passages for a query (blocking: call from a worker thread)."""
-        kwargs: dict[str, Any] = {"k": k}
+    def retrieve(self, query: str, k: int, mode: str | None = None, groups: frozenset[str] = NO_GROUPS) -> list[Document]:
+        """Passages for a query that ``groups`` may read (blocking: call from a worker thread)."""
+        kwargs: dict[str, Any] = {"k": k, "groups": frozenset(groups)}
         if mode:
             kwargs["mode"] = mode
         return list(self.retriever().invoke(query, **kwargs))
@@ -97,11 +100,12 @@ class ModelCache:
             self._run_limiter = anyio.CapacityLimiter(self.settings.api_max_concurrency)
         return self._run_limiter
 
-    async def search(self, query: str, k: int, mode: str | None = None) -> list[Document]:
+    async def search(self, query: str, k: int, mode: str | None = None, *,
+                     groups: frozenset[str] = NO_GROUPS) -> list[Document]:
         """``retrieve`` in a worker thread (``retrieval_limiter``)."""
         import anyio
 
-        return await anyio.to_thread.run_sync(self.retrieve, query, k, mode, limiter=self.retrieval_limiter())
+        return await anyio.to_thread.run_sync(self.retrieve, query, k, mode, groups, limiter=self.retrieval_limiter())
 
     @property
     def search_mode(self) -> str | None:
@@ -124,7 +128,7 @@ class ModelCache:
             return
         try:
             for caller in callers:
-                self.rag_service(caller, {})
+                self.rag_service(caller, {}, frozenset(self.settings.api_key_groups.get(caller, frozenset())))
         except Exception:  # the request that needs it will report the problem
             log.exception("preparing the chat models failed")
 
@@ -141,7 +145,8 @@ class ModelCache:
 
     # ------------------------------------------------------------ models and what is built on them
 
-    def _entry(self, caller: str, model: str, overrides: dict[str, Any] | None) -> _Entry:
+    def _entry(self, caller: str, model: str, overrides: dict[str, Any] | None,
+               groups: frozenset[str] = NO_GROUPS) -> _Entry:
         """Call from the event loop."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # connections belong to a loop; a new loop gets new ones
@@ -150,7 +155,7 @@ class ModelCache:
                 from agent.databricks.transport import async_client
 
                 self._http = async_client(self.settings)
-        key: ModelKey = (caller, model, tuple(sorted((overrides or {}).items())))
+        key: ModelKey = (caller, model, tuple(sorted((overrides or {}).items())), tuple(sorted(groups)))
         entry = self._entries.get(key)
         if entry is None:
             if len(self._entries) >= MAX_CACHED_MODELS:
@@ -172,26 +177,31 @@ class ModelCache:
         """The chat model for this caller (call from the event loop)."""
         return self._entry(caller, model, overrides).llm
 
-    def rag_service(self, caller: str, overrides: dict[str, Any] | None = None) -> AnswerService:
-        """kb-rag for this caller and overrides (call from the event loop). Its retriever opens the
-        shared index on first use, in the service's worker thread."""
-        entry = self._entry(caller, "kb-rag", overrides)
+    def rag_service(self, caller: str, overrides: dict[str, Any] | None = None,
+                    groups: frozenset[str] = NO_GROUPS) -> AnswerService:
+        """kb-rag for this caller, its groups and overrides (call from the event loop). Its retriever
+        opens the shared index on first use, in the service's worker thread; pass the same ``groups``
+        to its ``astream``."""
+        entry = self._entry(caller, "kb-rag", overrides, groups)
         if entry.service is None:
             entry.service = AnswerService(self.settings, llm=entry.llm, retriever=_SharedRetriever(self),
                                           limiter=self.retrieval_limiter())
         return entry.service
 
-    def assistant_factory(self, caller: str, overrides: dict[str, Any] | None = None) -> Any:
-        """A function giving kb-agent's graph for this caller (call it from a worker thread: the
-        first call opens the index and compiles the graph)."""
-        entry = self._entry(caller, "kb-agent", overrides)
+    def assistant_factory(self, caller: str, overrides: dict[str, Any] | None = None,
+                          groups: frozenset[str] = NO_GROUPS) -> Any:
+        """A function giving kb-agent's graph for this caller and its groups (its tools search, list and
+        read only what they may read); call it from a worker thread: the first call opens the index
+        and compiles the graph."""
+        entry = self._entry(caller, "kb-agent", overrides, groups)
 
         def assistant() -> Any:
             with self._assistant_lock:
                 if entry.assistant is None:
                     from agent.assistant.service import build_assistant
 
-                    entry.assistant = build_assistant(self.settings, llm=entry.llm, retriever=self.retriever())
+                    entry.assistant = build_assistant(self.settings, llm=entry.llm, retriever=self.retriever(),
+                                                      groups=frozenset(groups))
                 return entry.assistant
 
         return assistant

@@ -93,10 +93,12 @@ def start_run(body: ChatRequest, request: Request, caller: str) -> AnswerRun:
         if body.model == "kb-agent":
             messages = [{"role": m.role, "content": m.text()} for m in body.messages
                         if m.role in ("system", "developer", "user", "assistant") and m.text().strip()]
-            return agent_run(models, messages=messages, caller=caller, overrides=overrides, on_finished=slot.release)
+            return agent_run(models, messages=messages, caller=caller, overrides=overrides, on_finished=slot.release,
+                             groups=request.state.groups, surface=f"{request.url.path} kb-agent")
         k = body.k or models.settings.top_k
         return rag_run(models, question=question, history=history_of(body), caller=caller, k=k,
-                       overrides=overrides, on_finished=slot.release)
+                       overrides=overrides, on_finished=slot.release, groups=request.state.groups,
+                       surface=f"{request.url.path} kb-rag")
     except BaseException:
         slot.release()
         raise

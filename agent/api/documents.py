@@ -5,6 +5,10 @@ exactly that source: ``..``, ``%2e%2e``, absolute paths, NUL bytes or any other 
 list (404). The file found is then resolved (symlinks followed) and must still lie inside its
 ingested root and be a regular file. Documents are untrusted: HTML is sent with a sandboxing
 Content-Security-Policy (no scripts, no access to this origin), text as ``text/plain``.
+
+Access control: only the documents the caller's groups may read (``ingest.access``; the labels the
+records keep per document) are listed or served. A document the caller may not read is handled
+exactly like a name that was never ingested: the same 404, the same words, after the same work.
 """
 
 from __future__ import annotations
@@ -27,26 +31,30 @@ _TYPES = {
 }
 
 
-def list_documents(settings: Any) -> list[dict[str, Any]]:
-    """``[{"source", "title", "chunks"}]`` (roots are server paths: not exposed)."""
-    return [{"source": d["source"], "title": d["title"], "chunks": d["chunks"]} for d in _records(settings)]
+def list_documents(settings: Any, groups: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """``[{"source", "title", "chunks"}]`` the caller may read (roots are server paths: not exposed)."""
+    return [{"source": d["source"], "title": d["title"], "chunks": d["chunks"]} for d in _records(settings, groups)]
 
 
-def _records(settings: Any) -> list[dict[str, Any]]:
-    """The documents of the active collection, from the ingest records (opened read-only)."""
+def _records(settings: Any, groups: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """The documents of the active collection ``groups`` may read (``None``: all), from the ingest
+    records (opened read-only)."""
+    from ingest.access import can_read
     from ingest.sync.records import Records, records_path
 
     if not records_path(settings.index_dir).is_file():
         return []  # never create an index folder from a read request
     with closing(Records(Path(settings.index_dir), read_only=True)) as records:
-        return records.documents()
+        found = records.documents()
+    return [d for d in found if can_read(d.get("access"), groups)]
 
 
-def resolve(settings: Any, source: str) -> tuple[Path, str]:
-    """(real path, content type) of an ingested document, or ApiError 400/404/409."""
+def resolve(settings: Any, source: str, groups: frozenset[str] | None = None) -> tuple[Path, str]:
+    """(real path, content type) of an ingested document ``groups`` may read, or ApiError 400/404/409
+    (a document they may not read is not found, like one never ingested)."""
     if not source or "\x00" in source or any(ord(c) < 32 for c in source):
         raise ApiError(400, "invalid document name", code="invalid_request", param="source")
-    matches = [d for d in _records(settings) if d["source"] == source]
+    matches = [d for d in _records(settings, groups) if d["source"] == source]
     if not matches:
         raise ApiError(404, "no ingested document has this name; see GET /api/documents", code="document_not_found")
     if len(matches) > 1:

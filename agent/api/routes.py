@@ -31,6 +31,16 @@ def _backend(request: Request) -> ModelCache:
     return request.app.state.backend
 
 
+def _audit(request: Request, surface: str, sources: list[str]) -> None:
+    """One audit row (caller, groups, surface, sources shown), written off the event loop."""
+    import asyncio
+
+    from agent.api.runs import audit_sources
+
+    asyncio.get_running_loop().run_in_executor(
+        None, audit_sources, _backend(request), request.state.caller, surface, request.state.groups, sources)
+
+
 def _check_length(text: str, request: Request, param: str) -> str:
     limit = _backend(request).settings.api_max_question_chars
     text = text.strip()
@@ -105,9 +115,10 @@ async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
     query = _check_length(body.query, request, "query")
     slot = request.app.state.gate.acquire()
     try:
-        found = await backend.search(query, body.k or backend.settings.top_k, body.mode)
+        found = await backend.search(query, body.k or backend.settings.top_k, body.mode, groups=request.state.groups)
     finally:
         slot.release()
+    _audit(request, "api/search", [str(d.metadata.get("source")) for d in found])
     return search_json(query, found, explain=body.explain, mode=body.mode or backend.search_mode)
 
 
@@ -123,16 +134,17 @@ async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
     slot = request.app.state.gate.acquire()
     if not settings.llm_configured:  # like kb ask: say what to set, still show the passages
         try:
-            found = await models.search(question, k, body.mode)
+            found = await models.search(question, k, body.mode, groups=request.state.groups)
         finally:
             slot.release()
+        _audit(request, "api/ask", [str(d.metadata.get("source")) for d in found])
         missing = " and ".join(settings.missing_llm_settings())
         notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
         return {"question": question, "answer": None, "error": notice, "sources": [], "usage": dict(UNKNOWN),
                 "passages": search_json(question, found, explain=body.explain)["results"]}
     try:
         run = rag_run(models, question=question, history=[], caller=request.state.caller, k=k, overrides={},
-                      on_finished=slot.release, mode=body.mode)
+                      on_finished=slot.release, mode=body.mode, groups=request.state.groups, surface="api/ask")
     except BaseException:
         slot.release()
         raise
@@ -148,11 +160,12 @@ async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
 
 @private.get("/api/documents")
 async def list_documents(request: Request) -> dict[str, Any]:
-    found = await run_in_threadpool(documents.list_documents, _backend(request).settings)
+    found = await run_in_threadpool(documents.list_documents, _backend(request).settings, request.state.groups)
     return {"documents": found}
 
 
 @private.get("/api/documents/{source:path}")
 async def get_document(source: str, request: Request) -> FileResponse:
-    path, kind = await run_in_threadpool(documents.resolve, _backend(request).settings, source)
+    path, kind = await run_in_threadpool(documents.resolve, _backend(request).settings, source, request.state.groups)
+    _audit(request, "api/documents", [source])
     return FileResponse(path, media_type=kind, headers=documents.headers_for(path, kind))

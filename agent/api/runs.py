@@ -10,6 +10,9 @@ slot (``on_finished``) is released when the work has really ended.
   64 concurrent streams cost 64 coroutines, not 64 threads.
 - ``agent_run``: kb-agent is ``agent.assistant.service.run_assistant`` in a worker thread, its events
   bridged to the loop; closing the run stops the thread at its next event.
+
+Both read only what the caller's ``groups`` may read (``ingest.access``), and a finished run writes one
+audit row (``audit_sources``: the caller, its groups, the surface and the sources it was shown).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ class AnswerRun:
         events: Callable[[], AsyncIterator[Event]],
         on_finished: Callable[[], None],
         on_close: Callable[[], None] | None = None,
+        on_done: Callable[[Answer], None] | None = None,
     ) -> None:
+        self._on_done = on_done
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._finished = False
         self._on_close = on_close
@@ -46,6 +51,8 @@ class AnswerRun:
             async for event in events():
                 self._queue.put_nowait(event)
                 if event[0] == "done":
+                    if self._on_done is not None:  # the audit row, off the loop (a ledger write)
+                        asyncio.get_running_loop().run_in_executor(None, self._on_done, event[1])
                     return
             raise RuntimeError("answer run ended without a result")
         except asyncio.CancelledError:
@@ -92,11 +99,33 @@ def rag_run(
     overrides: dict[str, Any],
     on_finished: Callable[[], None],
     mode: str | None = None,
+    groups: frozenset[str] = frozenset(),
+    surface: str = "kb-rag",
 ) -> AnswerRun:
-    """kb-rag (and ``/api/ask``): the one answer pipeline, for this caller's model."""
-    service = models.rag_service(caller, overrides)
+    """kb-rag (and ``/api/ask``): the one answer pipeline, for this caller's model and groups."""
+    service = models.rag_service(caller, overrides, groups)
     config = {"metadata": {"caller": caller}}
-    return AnswerRun(lambda: service.astream(question, history=history, k=k, mode=mode, config=config), on_finished)
+    return AnswerRun(
+        lambda: service.astream(question, history=history, k=k, mode=mode, config=config, groups=groups),
+        on_finished, on_done=lambda answer: audit_sources(models, caller, surface, groups, answer_sources(answer)),
+    )
+
+
+def answer_sources(answer: Answer) -> list[str]:
+    """The sources an answer showed its caller: its passages', its citations' and (kb-agent) its tools'."""
+    names = [str(d.metadata.get("source")) for d in answer.passages]
+    names += [str(s.get("source")) for s in answer.sources or [] if s.get("source")]
+    names += [str(s.get("source")) for s in answer.consulted or [] if isinstance(s, dict) and s.get("source")]
+    return list(dict.fromkeys(names))
+
+
+def audit_sources(models: ModelCache, caller: str, surface: str, groups: frozenset[str], sources: list[str]) -> None:
+    """One audit row in the usage ledger (``agent.usage.ledger``; none when it is turned off)."""
+    from agent.usage.ledger import open_ledger
+
+    ledger = open_ledger(models.settings)
+    if ledger is not None:
+        ledger.audit(caller=caller, surface=surface, groups=groups, sources=sources)
 
 
 class _Cancelled(Exception):
@@ -110,12 +139,15 @@ def agent_run(
     caller: str,
     overrides: dict[str, Any],
     on_finished: Callable[[], None],
+    groups: frozenset[str] = frozenset(),
+    surface: str = "kb-agent",
 ) -> AnswerRun:
-    """kb-agent: ``run_assistant`` in a worker thread; its events come to the loop."""
+    """kb-agent: ``run_assistant`` in a worker thread; its events come to the loop. Its tools search,
+    list and read only what ``groups`` may read."""
     from agent.assistant.service import run_assistant
 
     settings = models.settings
-    assistant = models.assistant_factory(caller, overrides)
+    assistant = models.assistant_factory(caller, overrides, groups)
     loop = asyncio.get_running_loop()
     cancelled = threading.Event()
 
@@ -159,4 +191,5 @@ def agent_run(
             answer.text = answer.message or answer.text
         yield "done", answer
 
-    return AnswerRun(events, on_finished, on_close=cancelled.set)
+    return AnswerRun(events, on_finished, on_close=cancelled.set,
+                     on_done=lambda answer: audit_sources(models, caller, surface, groups, answer_sources(answer)))

@@ -15,7 +15,7 @@ import sys
 from agent.errors import UsageError
 from agent.settings import Settings, load_settings
 
-SHORT_KEY = 16  # characters; shorter keys get a warning at start
+SHORT_KEY = 32  # characters; shorter keys get a warning at start (docs/api.md says the same)
 
 
 def is_loopback(host: str) -> bool:
@@ -38,7 +38,11 @@ def is_loopback(host: str) -> bool:
 def check_bind(settings: Settings, host: str, insecure: bool) -> list[str]:
     """Refuse an unsafe bind (UsageError); return warnings to print."""
     warnings = []
-    if not settings.api_keys and not is_loopback(host):
+    if not settings.api_keys and not is_loopback(host) and settings.trust_forwarded_user:
+        # A Databricks App: its proxy authenticates every request and names the user.
+        warnings.append(f"no KB_API_KEYS on {host}: callers are the users the proxy in front names "
+                        "(KB_TRUST_FORWARDED_USER); run so only behind one that authenticates, such as a Databricks App")
+    elif not settings.api_keys and not is_loopback(host):
         if not insecure:
             raise UsageError(
                 f"refusing to listen on {host} without API keys: anyone who can reach it could use the knowledge "
@@ -51,6 +55,35 @@ def check_bind(settings: Settings, host: str, insecure: bool) -> list[str]:
         warnings.append(f"short API key(s) for {', '.join(short)}: use at least {SHORT_KEY} random characters "
                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     return warnings
+
+
+def check_port(host: str, port: int) -> None:
+    """``UsageError`` (exit 2) when ``host:port`` cannot be listened on: in use, not an address of
+    this machine, or a privileged port. Bound and released at once, with ``SO_REUSEADDR`` as uvicorn
+    binds (a port whose old connections linger in TIME_WAIT is free); a race with another process
+    taking it in between still ends in uvicorn's own error."""
+    import errno
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}: {exc.strerror or exc}", hint="pass an address of this machine with --host") from None
+    family, kind, proto, _, address = infos[0]
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} is in use: pick another with --port") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise UsageError(f"port {port} needs privileges to listen on: pick one above 1023 with --port") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"cannot listen on {host}: not an address of this machine",
+                             hint="pass one of its addresses (or 0.0.0.0) with --host") from None
+        raise UsageError(f"cannot listen on {_display(host)}:{port}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
 
 
 def app_from_env():
@@ -77,6 +110,7 @@ def one_thread_per_blas() -> None:
 def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, workers: int = 1,
           log_level: str = "info") -> None:
     """Run until interrupted. ``log_level`` is uvicorn's (its access log is at info)."""
+    check_port(host, port)  # a busy port: one error line, before the banner
     import uvicorn
 
     one_thread_per_blas()

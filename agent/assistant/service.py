@@ -126,6 +126,7 @@ def build_assistant(
     usage_extra: dict[str, str] | None = None,
     checkpointer: Any = None,
     max_steps: int | None = None,
+    groups: frozenset[str] | None = None,
 ) -> Any:
     """The assistant graph (``CompiledStateGraph``): ``{"messages": [...]}`` in, ``{"messages": [...]}`` out.
 
@@ -134,6 +135,8 @@ def build_assistant(
       ``usage_extra`` only applies to this default model).
     - ``retriever``: anything with ``invoke(query, k=...) -> [Document]``; default the configured index.
     - ``checkpointer``: a LangGraph checkpointer for conversations kept by ``thread_id``.
+    - ``groups``: what the tools may search, list and read (``ingest.access``; default ``--as-groups``,
+      unset: everything).
     - ``max_steps``: model calls per run (default ``KB_AGENT_MAX_STEPS``); beyond it the graph raises
       ``GraphRecursionError`` (``run_assistant`` turns that into a clean stop).
     """
@@ -146,7 +149,10 @@ def build_assistant(
         from agent.databricks.llm import build_llm
 
         llm = build_llm(settings, command="agent", usage_extra=usage_extra)
-    knowledge = KnowledgeBase(retriever=retriever, index_dir=settings.index_dir, default_k=settings.top_k)
+    if groups is None:
+        groups = getattr(settings, "as_groups", None)
+    knowledge = KnowledgeBase(retriever=retriever, index_dir=settings.index_dir, default_k=settings.top_k,
+                              groups=groups)
     steps = max_steps or settings.agent_max_steps
     graph = create_agent(
         llm,
@@ -193,7 +199,8 @@ def run_assistant(
       (or LangChain messages). With a checkpointer, pass only the new message(s) and a ``thread_id``
       (the conversation); without one a fresh thread is used.
     - ``on_event(event)`` is called as things happen: ``{"type": "token", "text"}`` (model text, streamed),
-      ``{"type": "tool_call", "id", "name", "args"}``, ``{"type": "tool_result", "id", "name", "summary",
+      ``{"type": "tool_call", "id", "name", "args", "of"}`` (``of``: the calls made together in that step;
+      parallel results arrive as they finish), ``{"type": "tool_result", "id", "name", "summary",
       "error"}``, and ``{"type": "stopped", "message"}`` when the step limit ends the run.
     - ``steps``: one entry per tool call: ``{"id", "tool", "args", "summary", "error"}``.
     - ``stopped`` is ``"step_limit"`` (with ``text == ""`` and a one-line ``message``) or ``None``.
@@ -289,18 +296,19 @@ class _Run:
 
     def _on_ai(self, message: AIMessage) -> None:
         self._parts = []
+        count = len(message.tool_calls) + len(message.invalid_tool_calls)  # "of": parallel calls in this step
         for call in message.tool_calls:
-            self._step(call.get("id") or "", call["name"], call.get("args") or {})
+            self._step(call.get("id") or "", call["name"], call.get("args") or {}, of=count)
         for call in message.invalid_tool_calls:
-            self._step(call.get("id") or "", call.get("name") or "?", call.get("args") or "", invalid=True)
+            self._step(call.get("id") or "", call.get("name") or "?", call.get("args") or "", invalid=True, of=count)
         if not message.tool_calls and not message.invalid_tool_calls:
             self.answer = message.text
 
-    def _step(self, call_id: str, name: str, args: Any, *, invalid: bool = False) -> None:
+    def _step(self, call_id: str, name: str, args: Any, *, invalid: bool = False, of: int = 1) -> None:
         step = {"id": call_id, "tool": name, "args": args, "summary": None, "error": None}
         self.steps.append(step)
         self._by_id[call_id] = step
-        event = {"type": "tool_call", "id": call_id, "name": name, "args": args}
+        event = {"type": "tool_call", "id": call_id, "name": name, "args": args, "of": of}
         if invalid:
             event["invalid"] = True
         self.emit(event)

@@ -10,6 +10,10 @@
 - ``calculate(expression)``: arithmetic through ``ast`` (never ``eval``), every operation bounded, run in a
   worker process under a time limit (``agent.assistant.calculator``).
 
+Access control: a ``KnowledgeBase`` with ``groups`` searches, lists and reads only what those groups
+may read (``ingest.access``); a document they may not read is "not an indexed document", exactly like
+a name that was never ingested, and is never counted.
+
 Everything a document says reaches the model escaped and delimited (``agent.rag.prompts``). Passages
 and documents are numbered across a whole conversation by a ``SourceRegistry`` so ``[n]`` in the
 answer maps back to one source; each tool result carries its sources and a one-line summary as the
@@ -143,21 +147,30 @@ def _registry(runtime: ToolRuntime | None) -> SourceRegistry:
 
 @dataclass
 class KnowledgeBase:
-    """What the tools need: a retriever (``invoke(query, k=...)``) and the index folder's records."""
+    """What the tools need: a retriever (``invoke(query, k=...)``) and the index folder's records;
+    ``groups``: the caller's (what it may read; ``None``: everything)."""
 
     retriever: Any
     index_dir: Path
     default_k: int = 5
+    groups: frozenset[str] | None = None
 
     def documents(self) -> list[dict[str, Any]]:
-        """``[{"root", "source", "title", "chunks"}]`` of the index's active collection, from the ingest
-        records; [] when nothing is indexed."""
+        """``[{"root", "source", "title", "chunks", "access"}]`` of the index's active collection that
+        ``groups`` may read, from the ingest records; [] when nothing is indexed."""
+        from ingest.access import can_read
         from ingest.sync.records import Records
 
         if not (Path(self.index_dir) / "records.sqlite").is_file():
             return []
         with closing(Records(Path(self.index_dir), read_only=True)) as records:  # never writes to the index
-            return records.documents()
+            found = records.documents()
+        return [d for d in found if can_read(d.get("access"), self.groups)]
+
+    def search(self, query: str, k: int) -> list[Document]:
+        if self.groups is None:
+            return list(self.retriever.invoke(query, k=k))
+        return list(self.retriever.invoke(query, k=k, groups=self.groups))
 
 
 # ---------------------------------------------------------------- read_document's confinement
@@ -232,7 +245,7 @@ def build_tools(kb: KnowledgeBase) -> list[BaseTool]:
         if not query or not query.strip():
             raise ToolException("error: the query is empty")
         k = max(1, min(MAX_K, int(k)))
-        documents: list[Document] = list(kb.retriever.invoke(query, k=k))
+        documents: list[Document] = kb.search(query, k)
         registry = _registry(runtime)
         items: list[tuple[int, Document]] = []
         refs: list[dict[str, Any]] = []

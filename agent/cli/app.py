@@ -34,8 +34,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
+    from agent.cli.status import stop_all
     from agent.errors import public_message  # secrets masked, even when an upstream body echoed one
 
+    stop_all()  # a status line is erased before the error line
     err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)}")
     return typer.Exit(getattr(exc, "exit_code", 1))
 
@@ -54,8 +56,15 @@ def handle_errors(command):
         except KbError as exc:
             raise _fail(exc) from None
         except KeyboardInterrupt:
+            from agent.cli.status import stop_all
+
+            stop_all()
             err.print("interrupted")
             raise typer.Exit(130) from None
+        finally:
+            from agent.cli.status import stop_all
+
+            stop_all()
 
     return wrapper
 
@@ -79,6 +88,7 @@ def _main(
     """kb: answers over internal documents with a Databricks-served LLM."""
     from agent.observability.logs import configure_logging
 
+    _AS_GROUPS[0] = None
     configure_logging(verbose=verbose, json_format=log_json)
 
 
@@ -86,6 +96,21 @@ ProfileOption = Annotated[
     str | None,
     typer.Option("--profile", help="Databricks config profile in ~/.databrickscfg (as DATABRICKS_CONFIG_PROFILE)."),
 ]
+
+
+AsGroupsOption = Annotated[
+    str | None,
+    typer.Option("--as-groups", help="Read only what callers in these groups may read (g1,g2; as KB_AS_GROUPS).",
+                 metavar="GROUPS"),
+]
+
+
+_AS_GROUPS: list[str | None] = [None]  # this invocation's --as-groups (reset by every command that has it)
+
+
+def _use_groups(groups: str | None) -> None:
+    """--as-groups: see what a caller with these groups sees (checked when the settings load)."""
+    _AS_GROUPS[0] = groups
 
 
 def _use_profile(profile: str | None) -> None:
@@ -99,7 +124,7 @@ def _use_profile(profile: str | None) -> None:
 def _settings():
     from agent.settings import load_settings
 
-    return load_settings()
+    return load_settings(as_groups=_AS_GROUPS[0]) if _AS_GROUPS[0] is not None else load_settings()
 
 
 # ---------------------------------------------------------------- ingest
@@ -131,8 +156,12 @@ def ingest(
     from ingest.sync.job import ingest as run_ingest
 
     settings = _settings()
-    check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
     targets = paths or [settings.knowledge_dir]
+    _check_targets(targets)  # a missing path: one line, and no empty index folder left behind
+    check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
+    from agent.databricks.workspace import vector_search_config, workspace_client
+
+    vector_search = vector_search_config(settings)  # KB_VECTOR_STORE=databricks: a missing KB_VS_* fails here
     embeddings = None if dry_run else build_embeddings(settings, command="ingest")
     if settings.embeddings == "databricks" and embeddings is not None:
         embeddings.batch_size = settings.embedding_batch
@@ -142,18 +171,23 @@ def ingest(
             targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=progress,
             chroma_url=settings.chroma_url, max_bytes=int(settings.max_file_mb * 1024 * 1024), checksum=checksum,
             parse_limits=ParseLimits(timeout=settings.parse_timeout, memory_mb=settings.parse_memory_mb),
-            max_chunks=settings.max_chunks_per_file,
+            max_chunks=settings.max_chunks_per_file, access_default=settings.access_default,
+            vector_search=vector_search, workspace=lambda: workspace_client(settings),
+            notice=lambda line: err.print(markup(line, line=True)),
         )
-    where = settings.chroma_url or str(settings.index_dir)
+    where = f"Vector Search index {vector_search.index}" if vector_search else settings.chroma_url or str(settings.index_dir)
+    indexed = summary.added + summary.changed + summary.unchanged
+    nothing = indexed == 0 and not summary.deleted  # no "Indexed ..." line before the error that says so
     if as_json:
         print(json.dumps(summary.to_dict() | {"index": where}, indent=2, ensure_ascii=False))
+    elif nothing:
+        _print_skipped(summary)
     else:
         _print_ingest_summary(summary, targets, where)
-    indexed = summary.added + summary.changed + summary.unchanged
     if indexed == 0 and summary.skipped:
         raise IngestError(f"nothing could be indexed: all {len(summary.skipped)} files were skipped")
-    if indexed == 0 and not summary.deleted:
-        raise IngestError(f"no documents found in {', '.join(str(t) for t in targets)}")
+    if nothing:
+        raise IngestError(f"no documents found in {', '.join(_absolute(t) for t in targets)}")
     if strict and summary.skipped:
         raise IngestError(f"{len(summary.skipped)} file(s) skipped and --strict is set")
 
@@ -196,20 +230,48 @@ def _print_ingest_summary(summary: Any, targets: list[Path], where: str) -> None
         f"{summary.unchanged} unchanged, {summary.deleted} deleted, {len(summary.skipped)} skipped"
     )
     if summary.dry_run:
-        marks = {"added": "+", "changed": "~", "deleted": "-"}
+        marks = {"added": "+", "changed": "~", "deleted": "-", "relabelled": "="}
         for change in summary.files[:200]:
             detail = {"added": f"{change['chunks']} chunks", "deleted": f"{change['to_delete']} chunks to delete",
-                      "changed": f"{change['to_embed']} chunks to embed, {change['to_delete']} to delete"}[change["action"]]
+                      "changed": f"{change['to_embed']} chunks to embed, {change['to_delete']} to delete",
+                      "relabelled": f"{change['chunks']} chunks re-labelled, readers: "
+                                    f"{', '.join(change.get('access') or [])}"}[change["action"]]
             out.print(f"  {marks[change['action']]} {markup(change['source'], line=True)} ({detail})")
         if len(summary.files) > 200:
             out.print(f"  ... and {len(summary.files) - 200} more (--json lists them all)")
-        out.print(f"chunks to embed: {summary.chunks_embedded}, chunks to delete: {summary.chunks_deleted} (nothing written)")
+        relabel = f", documents to re-label: {summary.relabelled}" if summary.relabelled else ""
+        out.print(f"chunks to embed: {summary.chunks_embedded}, chunks to delete: {summary.chunks_deleted}{relabel} "
+                  "(nothing written)")
     else:
         reused = f" (+{summary.chunks_reused} reused)" if summary.chunks_reused else ""
         out.print(
             f"chunks embedded: {summary.chunks_embedded}{reused}, deleted: {summary.chunks_deleted}; "
             f"{summary.chunks_total} chunks in {markup(where, line=True)} ({summary.seconds:.1f} s)"
         )
+    _print_skipped(summary)
+
+
+def _absolute(path: Path | str) -> str:
+    """A path as messages name it: absolute (a volume path as given)."""
+    import os
+
+    from ingest.volumes import volume_path
+
+    return str(path) if volume_path(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _check_targets(targets: list[Path]) -> None:
+    """A local path that does not exist: one ``UsageError`` naming it absolutely, before anything is
+    created (volume paths are checked by the ingest, against the workspace)."""
+    from agent.errors import UsageError
+    from ingest.volumes import volume_path
+
+    for target in targets:
+        if volume_path(target) is None and not Path(target).expanduser().exists():
+            raise UsageError(f"no such file or folder: {_absolute(target)}")
+
+
+def _print_skipped(summary: Any) -> None:
     for skipped in summary.skipped[:50]:
         err.print(f"[yellow]skipped[/] {markup(skipped.source, line=True)}: {markup(skipped.reason, line=True)}")
     if len(summary.skipped) > 50:
@@ -232,9 +294,11 @@ def search(
     mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Show each hit's dense and BM25 ranks and scores.")] = False,
     profile: ProfileOption = None,
+    as_groups: AsGroupsOption = None,
 ) -> None:
     """Find the passages closest to QUERY. Needs no LLM and no network."""
     _use_profile(profile)
+    _use_groups(as_groups)
     from agent.rag.retrieval import build_retriever, search_json
 
     settings = _settings()
@@ -283,9 +347,15 @@ def ask(
     mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid (default KB_SEARCH_MODE).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Show each passage's dense and BM25 ranks and scores.")] = False,
     profile: ProfileOption = None,
+    as_groups: AsGroupsOption = None,
 ) -> None:
     """Answer QUESTION from the indexed documents with numbered citations, streamed."""
     _use_profile(profile)
+    _use_groups(as_groups)
+    from agent.cli.status import Status
+
+    status = Status(err, enabled=not as_json)  # a terminal's sign of life, before the heavy imports
+    status.show("searching…")
     from agent.errors import StreamInterruptedError, public_message
     from agent.rag.answer import Answer
     from agent.rag.service import AnswerService
@@ -298,6 +368,7 @@ def ask(
         missing = " and ".join(settings.missing_llm_settings())
         notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
         documents = retriever.invoke(question)
+        status.stop()
         if as_json:
             data = search_json(question, documents, explain=explain)
             print(json.dumps({"question": question, "answer": None, "error": notice, "sources": [],
@@ -315,18 +386,24 @@ def ask(
             if as_json:
                 result = value if kind == "done" else result
             elif kind == "passages":
-                _print_explain(value, explain)
+                if explain:
+                    status.stop()
+                    _print_explain(value, explain)
+                status.show("writing…")
             elif kind == "token":
+                status.stop()
                 _write(value)
             elif kind == "done":
                 result = value
     except StreamInterruptedError as exc:
+        status.stop()
         if not as_json:
             _write("\n")
         else:
             print(json.dumps(Answer.interrupted(question, exc).to_json(), indent=2, ensure_ascii=False))
         err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)} (the answer above is incomplete)")
         raise typer.Exit(exc.exit_code) from None
+    status.stop()
     if as_json:
         print(json.dumps(result.to_json(explain=explain), indent=2, ensure_ascii=False))
         return
@@ -337,14 +414,10 @@ def ask(
         if closest:
             out.print(f"[dim]closest passages: {markup(closest, line=True)}[/]")
         return
-    if result.sources:
-        out.print("\n[bold]Sources[/]")
-        for item in result.sources:
-            where = item.get("section") or (f"page {item['page']}" if item.get("page") else "")
-            line = f"  [{item['n']}] {item['source'] or '?'} · {item.get('title') or ''}" + (f" · {where}" if where else "")
-            out.print(literal(line))
-    else:
-        out.print("\n[dim](the answer cites no passage)[/]")
+    from agent.cli.repl import sources_lines
+
+    for line in sources_lines(result.sources, result.text):  # "Sources", or what the citations lack
+        out.print(line)
 
 
 def _write(text: str) -> None:
@@ -364,16 +437,22 @@ def chat(
     use_agent: Annotated[bool, typer.Option("--agent", help="Use the tool-using assistant instead of one search per question.")] = False,
     k: Annotated[int | None, typer.Option("-k", min=1, max=50, help="Passages per question (default KB_TOP_K; without --agent).")] = None,
     profile: ProfileOption = None,
+    as_groups: AsGroupsOption = None,
 ) -> None:
     """Chat with the documents: follow-up questions, streamed cited answers; /sources /reset /exit."""
     _use_profile(profile)
+    _use_groups(as_groups)
+    from agent.cli.status import Status
+
+    status = Status(err)  # "loading…" until the prompt (stderr terminals only)
+    status.show("loading…")
     from agent.rag.history import check_session_name
     from agent.cli.repl import Terminal, chat_repl
 
     settings = _settings()
     if session is not None:
         check_session_name(session)
-    code = chat_repl(settings, session=session, agent=use_agent, k=k, term=Terminal(out, err))
+    code = chat_repl(settings, session=session, agent=use_agent, k=k, term=Terminal(out, err, status=status))
     if code:
         raise typer.Exit(code)
 
@@ -384,12 +463,18 @@ def agent(
     task: Annotated[str, typer.Argument(help="What to find out or do with the documents.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer, sources and steps as JSON.")] = False,
     profile: ProfileOption = None,
+    as_groups: AsGroupsOption = None,
 ) -> None:
     """Let the assistant search, read and calculate over the documents; shows each tool call, then the cited answer."""
     _use_profile(profile)
+    _use_groups(as_groups)
+    from agent.cli.status import Status
+
+    status = Status(err, enabled=not as_json)  # a terminal's sign of life, before the heavy imports
+    status.show("thinking…")
     from agent.cli.repl import Terminal, run_agent_task
 
-    code = run_agent_task(_settings(), task, as_json=as_json, term=Terminal(out, err, interactive=False))
+    code = run_agent_task(_settings(), task, as_json=as_json, term=Terminal(out, err, interactive=False, status=status))
     if code:
         raise typer.Exit(code)
 
@@ -401,7 +486,8 @@ def agent(
 @handle_errors
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, envvar="DATABRICKS_APP_PORT",
+                                      help="Port to listen on (in a Databricks App: the one it gives).")] = 8000,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback address without KB_API_KEYS (open to anyone).")
     ] = False,
@@ -435,9 +521,11 @@ def eval_(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
     profile: ProfileOption = None,
+    as_groups: AsGroupsOption = None,
 ) -> None:
     """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode) and optionally answers on a gold set."""
     _use_profile(profile)
+    _use_groups(as_groups)
     from agent.evaluation.report import print_report
     from agent.evaluation.evaluate import EvalThresholdError, failed_checks_message, run_eval
 
@@ -516,6 +604,40 @@ def doctor(
                 out.print(f"     [yellow]fix:[/] {markup(public_message(check.fix))}")
     if not ok:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- deploy
+
+
+deploy = typer.Typer(help="Deploy kb on Databricks (an App running kb serve).", no_args_is_help=True)
+app.add_typer(deploy, name="deploy")
+
+
+@deploy.command(name="app")
+@handle_errors
+def deploy_app(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the App's folder (app.yaml, resources, source) only.")] = False,
+    folder: Annotated[Path, typer.Option("--out", help="Folder to write.")] = Path("databricks-app"),
+    name: Annotated[str, typer.Option("--name", help="The App's name.")] = "kb",
+    api_keys_secret: Annotated[
+        str | None, typer.Option("--api-keys-secret", help="SCOPE/KEY of a Databricks secret holding KB_API_KEYS.")
+    ] = None,
+) -> None:
+    """Write what a Databricks App running kb serve needs; deploy it with the databricks CLI (README)."""
+    from agent.deploy.app import write_app
+    from agent.errors import UsageError
+
+    if not dry_run:
+        raise UsageError("only --dry-run is supported: it writes the App's folder; deploy it with "
+                         "'databricks apps deploy' (its DEPLOY.md and the README say how)")
+    for path in write_app(_settings(), folder, name=name, keys_secret=api_keys_secret):
+        out.print(f"wrote {markup(str(path), line=True)}")
+    err.print(f"next: {markup(str(folder / 'DEPLOY.md'), line=True)} has the commands to deploy it")
+
+
+from agent.cli.helpfmt import readable_help  # noqa: E402  (after every command is registered)
+
+readable_help(app)  # plain help in 80 columns: value names (PATH..., N, QUERY) and an example per command
 
 
 def main() -> None:

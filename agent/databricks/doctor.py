@@ -234,6 +234,8 @@ class Doctor:
             return self._skip("index", "needs valid settings")
         if self.settings.chroma_url:
             return self._skip("index", f"Chroma server at {self.settings.chroma_url} (checked by kb search)")
+        if self.settings.vector_store == "databricks":
+            return self._skip("index", f"Vector Search index {self.settings.vs_index} (checked by kb search)")
         from agent.rag.retrieval import build_embeddings
         from ingest.store.chroma import model_id_of
         from ingest.store.snapshot import index_summary

@@ -26,7 +26,8 @@ from typing import Any
 
 from agent.errors import KbError, UsageError
 from agent.evaluation.metrics import METRICS, canonical_metric, mean_metrics, question_metrics
-from ingest.store.base import indexed_sources
+from ingest.access import readable_by
+from ingest.store.base import Filter, indexed_sources
 
 ANSWER_METRICS = ("correct", "answer_score", "grounded", "declined")
 EVAL_K = 10
@@ -378,22 +379,29 @@ def evaluate_answers(
 
 
 def answer_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rates over the questions the judge's reply could be read for; ``None`` (n/a) when there are
+    none, never a 0.0 that reads as "all wrong". ``unjudged`` counts the unreadable replies."""
     answerable = [r for r in rows if r["sources"]]
     unanswerable = [r for r in rows if not r["sources"]]
-    verdicts = [r.get("verdict") for r in answerable]
+    verdicts = [r.get("verdict") for r in answerable if r.get("verdict") != "unjudged"]
     answered = [r for r in answerable if not r.get("declined")]
     grounded = [r for r in answered if r.get("grounded") is not None]
-    n = len(answerable) or 1
+    judged_declines = [r for r in unanswerable if not r.get("unjudged")]
+    n = len(verdicts)
+
+    def rate(count: float, total: int) -> float | None:
+        return count / total if total else None
+
     return {
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
-        "correct": verdicts.count("correct") / n,
-        "partially": verdicts.count("partially") / n,
-        "wrong": verdicts.count("wrong") / n,
-        "unjudged": verdicts.count("unjudged") + sum(1 for r in unanswerable if r.get("unjudged")),
-        "answer_score": (verdicts.count("correct") + 0.5 * verdicts.count("partially")) / n,
-        "grounded": (sum(1 for r in grounded if r["grounded"]) / len(grounded)) if grounded else 0.0,
-        "declined": (sum(1 for r in unanswerable if r.get("declined")) / len(unanswerable)) if unanswerable else 0.0,
+        "correct": rate(verdicts.count("correct"), n),
+        "partially": rate(verdicts.count("partially"), n),
+        "wrong": rate(verdicts.count("wrong"), n),
+        "unjudged": len(answerable) - n + (len(unanswerable) - len(judged_declines)),
+        "answer_score": rate(verdicts.count("correct") + 0.5 * verdicts.count("partially"), n),
+        "grounded": rate(sum(1 for r in grounded if r["grounded"]), len(grounded)),
+        "declined": rate(sum(1 for r in judged_declines if r.get("declined")), len(judged_declines)),
         "false_refusals": sum(1 for r in answerable if r.get("declined")),
     }
 
@@ -453,9 +461,9 @@ def check_thresholds(
             value = answers["metrics"][threshold.metric]
         else:
             value = results[threshold.mode or primary].metrics[threshold.metric]
-        checks.append(
+        checks.append(  # an answer metric no judge reply could be read for (n/a) fails its floor
             {"metric": threshold.label(primary), "threshold": threshold.value, "value": value,
-             "ok": value >= threshold.value - 1e-9}
+             "ok": value is not None and value >= threshold.value - 1e-9}
         )
     return checks
 
@@ -497,7 +505,9 @@ def run_eval(
 
     primary = primary_mode(modes, settings.search_mode)
     retriever = build_retriever(settings, k=EVAL_K, command="eval", mode=primary)
-    unknown = unknown_sources(questions, indexed_sources(retriever.store))
+    readable = readable_by(retriever.groups)  # --as-groups: a source those groups may not read is unknown
+    unknown = unknown_sources(questions, indexed_sources(
+        retriever.store, Filter(readable_by=readable) if readable is not None else None))
     results = evaluate_retrieval(retriever, questions, modes, top_k=settings.top_k, on_question=on_question)
     relevance = relevance_summary(results[primary], min_relevance(settings))
     answer_report = None
@@ -521,5 +531,6 @@ def run_eval(
 
 def failed_checks_message(report: dict[str, Any]) -> str:
     failed = [c for c in report["fail_under"] if not c["ok"]]
-    parts = [f"{c['metric']} = {c['value']:.3f} < {c['threshold']:.3f}" for c in failed]
+    parts = [f"{c['metric']} = {c['value']:.3f} < {c['threshold']:.3f}" if c["value"] is not None
+             else f"{c['metric']} = n/a (no judge reply could be read) < {c['threshold']:.3f}" for c in failed]
     return "below --fail-under: " + "; ".join(parts)

@@ -128,15 +128,17 @@ def print_report(report: dict[str, Any], out: Console, *, max_misses: int = 20) 
     if answers:
         m = answers["metrics"]
         out.print(f"\n[bold]Answers[/] ({answers['mode']}, judged by the model)")
+        if m["unjudged"]:  # first: the rates below leave these questions out
+            total = m["answerable"] + m["unanswerable"]
+            out.print(f"  [yellow]{m['unjudged']} judge repl(ies) could not be read (of {total}): "
+                      "the rates below leave those questions out[/]")
         out.print(
-            f"  answerable {m['answerable']}: correct {m['correct']:.1%}, partially {m['partially']:.1%}, "
-            f"wrong {m['wrong']:.1%}; answer score {m['answer_score']:.3f}; grounded {m['grounded']:.1%}; "
+            f"  answerable {m['answerable']}: correct {_pct(m['correct'])}, partially {_pct(m['partially'])}, "
+            f"wrong {_pct(m['wrong'])}; answer score {_num(m['answer_score'])}; grounded {_pct(m['grounded'])}; "
             f"wrongly declined {m['false_refusals']}"
         )
         if m["unanswerable"]:
-            out.print(f"  unanswerable {m['unanswerable']}: declined {m['declined']:.1%}")
-        if m["unjudged"]:
-            out.print(f"  [yellow]{m['unjudged']} judge repl(ies) could not be read[/]")
+            out.print(f"  unanswerable {m['unanswerable']}: declined {_pct(m['declined'])}")
         usage = answers.get("usage") or {}
         if usage.get("reported"):
             out.print(f"  tokens: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion")
@@ -150,4 +152,13 @@ def print_report(report: dict[str, Any], out: Console, *, max_misses: int = 20) 
         out.print("\n[bold]Fail-under[/]")
         for check in report["fail_under"]:
             mark = "[green]ok[/]  " if check["ok"] else "[red]FAIL[/]"
-            out.print(f"  {mark} {check['metric']} {check['value']:.3f} (floor {check['threshold']:.3f})")
+            out.print(f"  {mark} {check['metric']} {_num(check['value'])} (floor {check['threshold']:.3f})")
+
+
+def _pct(value: float | None) -> str:
+    """A rate, or n/a when no judge reply behind it could be read."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -15,6 +15,12 @@ cosine similarity, BM25 score, or the fused score in [0, 1], 1.0 meaning best in
 and the explain data: ``dense_rank``, ``dense_score`` (cosine, for every hit), ``bm25_rank``,
 ``bm25_score``, ``fused_score``. A rank is ``None`` when the chunk is not among that ranking's
 candidates.
+
+Access control: ``groups`` (the retriever's, or per call ``invoke(query, groups=...)``) restricts every
+ranking to the chunks those groups may read (``ingest.access``), inside the store query
+(``Filter.readable_by``), so the top-k, the candidates fused and the explain ranks only ever hold
+readable chunks. ``None`` (the CLI without ``--as-groups``) reads everything; the API always passes
+the caller's groups.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, PrivateAttr
 
 from agent.settings import Settings
+from ingest.access import readable_by
 from ingest.errors import IndexMissingError
-from ingest.store.base import ChunkStore
+from ingest.store.base import ChunkStore, Filter
 
 MODES = ("dense", "bm25", "hybrid")
 EXPLAIN_KEYS = ("dense_rank", "dense_score", "bm25_rank", "bm25_score", "fused_score")
@@ -56,6 +63,7 @@ class KnowledgeRetriever(BaseRetriever):
     bm25_weight: float = 1.0  # rrf: weight of the BM25 ranking (dense is 1)
     max_per_source: int = 3  # 0 = no cap
     dedupe: bool = True
+    groups: frozenset[str] | None = None  # the caller's groups (None: every chunk); per call: groups=
 
     _vectors: dict[str, list[float]] = PrivateAttr(default_factory=dict)
 
@@ -73,15 +81,19 @@ class KnowledgeRetriever(BaseRetriever):
         if total == 0:
             raise IndexMissingError("the index is empty", hint="run 'kb ingest' first")
         depth = min(total, max(self.candidates, k * 4))
+        allowed = readable_by(kwargs["groups"] if "groups" in kwargs else self.groups)
+        only = Filter(readable_by=allowed) if allowed is not None else None
+        if callable(getattr(store, "search", None)):  # Vector Search ranks itself: ANN, HYBRID or FULL_TEXT
+            return self._native(query, k, mode, depth, only)
 
         # Both rankings are computed in every mode: the mode decides the order, and the other
         # ranking is the explain data (where would this chunk be in dense / BM25 alone?).
         vector = self._query_vector(query)
         dense = {
             hit.id: (rank, 1.0 - hit.distance, Document(page_content=hit.text, metadata=hit.metadata, id=hit.id))
-            for rank, hit in enumerate(store.nearest(vector, depth), 1)
+            for rank, hit in enumerate(store.nearest(vector, depth, filter=only), 1)
         }
-        lexical = store.lexical(query)
+        lexical = store.lexical(query, filter=only)
         bm25 = {cid: (rank, score) for rank, (cid, score) in enumerate(lexical.top(depth), 1)}
 
         if mode == "dense":
@@ -99,6 +111,29 @@ class KnowledgeRetriever(BaseRetriever):
 
         chosen = self._select(order, k, dense)
         return self._finish(query, chosen, mode, dense, bm25, lexical)
+
+    def _native(self, query: str, k: int, mode: str, depth: int, only: Any) -> list[Document]:
+        """A store that ranks itself (``ingest.store.vector_search``: ``dense`` -> ANN, ``hybrid`` -> its own
+        HYBRID, ``bm25`` -> FULL_TEXT): its order, then the same de-duplication and per-source cap.
+        ``dense_score`` is the cosine wherever the vectors are known (the refusal gate reads it)."""
+        store = self.store
+        wants_vector = mode != "bm25" and getattr(store, "needs_query_vector", True)
+        hits = store.search(query, self._query_vector(query) if wants_vector else None, depth, mode=mode, filter=only)
+        info = {hit.id: (rank, score, 1.0 - hit.distance) for rank, (hit, score) in enumerate(hits, 1)}
+        found = {hit.id: (rank, 1.0 - hit.distance, Document(page_content=hit.text, metadata=hit.metadata, id=hit.id))
+                 for rank, (hit, _) in enumerate(hits, 1)}
+        documents = []
+        for rank, (cid, score, document) in enumerate(self._select([(h.id, s) for h, s in hits], k, found), 1):
+            place, _, cosine = info[cid]
+            metadata = dict(document.metadata)
+            metadata.update(
+                rank=rank, score=round(float(score), 4), mode=mode,
+                dense_rank=place if mode == "dense" else None, dense_score=round(cosine, 4),
+                bm25_rank=place if mode == "bm25" else None, bm25_score=round(float(score), 4) if mode == "bm25" else None,
+                fused_score=round(float(score), 4) if mode == "hybrid" else None,
+            )
+            documents.append(Document(page_content=document.page_content, metadata=metadata, id=cid))
+        return documents
 
     # ------------------------------------------------------------ steps
 
@@ -328,6 +363,13 @@ def build_store(
     settings: Settings, *, command: str = "search", create: bool = False, usage_extra: dict[str, str] | None = None
 ) -> ChunkStore:
     """The configured index as a ``ChunkStore``, opened with the query embedding model."""
+    if settings.vector_store == "databricks":  # Databricks Vector Search (KB_VS_INDEX) instead of Chroma
+        from agent.databricks.workspace import vector_search_config, workspace_client
+        from ingest.store.vector_search import open_vector_store
+
+        config = vector_search_config(settings)  # a missing or wrong KB_VS_* setting fails here, in one line
+        embeddings = build_embeddings(settings, command=command, usage_extra=usage_extra)
+        return open_vector_store(workspace_client(settings), config, embeddings, create=create)
     embeddings = build_embeddings(settings, command=command, usage_extra=usage_extra)
     if not create and not settings.chroma_url:
         # Fast path: the snapshot kb ingest keeps next to Chroma, read without importing chromadb
@@ -349,8 +391,11 @@ def build_retriever(
     command: str = "search",
     mode: str | None = None,
     usage_extra: dict[str, str] | None = None,
+    groups: frozenset[str] | None = None,
 ) -> KnowledgeRetriever:
-    """The retriever over the configured index; usable alone in a notebook or inside a chain."""
+    """The retriever over the configured index; usable alone in a notebook or inside a chain.
+
+    ``groups``: read only what they may (default ``KB_AS_GROUPS``/``--as-groups``; unset: everything)."""
     mode = mode or settings.search_mode
     if mode not in MODES:
         from agent.errors import UsageError
@@ -361,6 +406,7 @@ def build_retriever(
         k=k or settings.top_k,
         mode=mode,
         max_per_source=settings.max_per_source,
+        groups=groups if groups is not None else getattr(settings, "as_groups", None),
     )
 
 

@@ -18,6 +18,10 @@ Steps, the same on every surface:
    standalone rewrite when there is history), streamed; if the endpoint says the request is too
    long, it is sent again with less history.
 
+Access control: ``groups=`` (the API passes the caller's groups) restricts retrieval to what they may
+read (``agent.rag.retrieval``); the relevance gate, the passages, the citations and the answer are
+built from those passages only. ``None``: the retriever's own groups (the CLI's ``--as-groups``).
+
 Events: ``("rewrite", str)`` (a follow-up's standalone query), ``("passages", [Document])``,
 ``("token", str)`` (the refusal text arrives as one token too) and last ``("done", Answer)``.
 Every model call is counted in ``Answer.usage`` (the rewrite included) and failures are
@@ -119,12 +123,15 @@ class AnswerService:
         """The earlier turns the pipeline uses: ``KB_CHAT_HISTORY_TOKENS`` of them, whole turns."""
         return trim_history(as_messages(turns), self.budget)
 
-    def _retrieve(self, query: str, k: int | None, mode: str | None) -> list[Document]:
+    def _retrieve(self, query: str, k: int | None, mode: str | None,
+                  groups: frozenset[str] | None = None) -> list[Document]:
         kwargs: dict[str, Any] = {}
         if k is not None:
             kwargs["k"] = k
         if mode:
             kwargs["mode"] = mode
+        if groups is not None:
+            kwargs["groups"] = groups
         return list(self.retriever.invoke(query, **kwargs))
 
     def _answer_inputs(self, question: str, standalone: str | None, passages: list[Document]) -> Callable:
@@ -171,6 +178,7 @@ class AnswerService:
         k: int | None = None,
         mode: str | None = None,
         config: dict[str, Any] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> Iterator[Event]:
         started = time.perf_counter()
         usage = self._usage()
@@ -186,7 +194,7 @@ class AnswerService:
                 if answer.standalone != question:
                     yield ("rewrite", answer.standalone)
             mark = time.perf_counter()
-            answer.passages = self._retrieve(answer.standalone or question, k, mode)
+            answer.passages = self._retrieve(answer.standalone or question, k, mode, groups)
             answer.timing["retrieve"] = time.perf_counter() - mark
             yield ("passages", answer.passages)
             declined = self._gate(answer)
@@ -242,6 +250,7 @@ class AnswerService:
         k: int | None = None,
         mode: str | None = None,
         config: dict[str, Any] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> AsyncIterator[Event]:
         """``stream`` for an event loop: model calls are async, retrieval (CPU work: embedding the
         query, ranking) runs in a worker thread, at most ``limiter`` of them at once."""
@@ -262,7 +271,7 @@ class AnswerService:
                     yield ("rewrite", answer.standalone)
             mark = time.perf_counter()
             answer.passages = await anyio.to_thread.run_sync(
-                self._retrieve, answer.standalone or question, k, mode, limiter=self.limiter
+                self._retrieve, answer.standalone or question, k, mode, groups, limiter=self.limiter
             )
             answer.timing["retrieve"] = time.perf_counter() - mark
             yield ("passages", answer.passages)

@@ -80,7 +80,24 @@ def _create_calls(connection: sqlite3.Connection) -> None:
 # ``n``; the version is SQLite's ``PRAGMA user_version``. Only ever append a step (never edit one that
 # shipped): a ledger written by any earlier kb then opens in this one, and one written by a later kb
 # (a version beyond this list) is refused instead of written to.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_calls,)
+def _create_audit(connection: sqlite3.Connection) -> None:
+    """Version 2: the ``audit`` table (access control): per API answer, search or document view, who
+    asked (``caller``, their ``groups``), on which surface, and which sources they were shown; never the
+    question, the passages or the answer."""
+    connection.execute(
+        """CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            surface TEXT NOT NULL,
+            groups TEXT NOT NULL,
+            sources TEXT NOT NULL
+        )"""
+    )
+    connection.execute("CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_calls, _create_audit)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = (
@@ -221,6 +238,39 @@ class Ledger:
                 self._warned = True
                 log.warning("usage ledger %s cannot be written (%s); model calls are not being recorded", self.path, exc)
             return False
+
+    def audit(self, *, caller: str, surface: str, groups: Any, sources: list[str]) -> bool:
+        """Append one audit row (``_create_audit``); ``False`` (and one warning) if it cannot."""
+        values = (iso_utc(time.time()), caller, surface, json.dumps(sorted(groups or [])),
+                  json.dumps(list(dict.fromkeys(sources)), ensure_ascii=False))
+        try:
+            with self._lock:
+                try:
+                    self._open().execute(
+                        "INSERT INTO audit (ts, caller, surface, groups, sources) VALUES (?, ?, ?, ?, ?)", values)
+                except BaseException:
+                    self._close()
+                    raise
+            return True
+        except (LedgerVersionError, sqlite3.Error, OSError) as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("usage ledger %s cannot be written (%s); answers are not being audited", self.path, exc)
+            return False
+
+    def audit_rows(self) -> list[dict[str, Any]]:
+        """Audit rows, oldest first (``sources`` and ``groups`` decoded); empty without a ledger."""
+        if not self.path.exists():
+            return []
+        connection = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True, timeout=15)
+        connection.row_factory = sqlite3.Row
+        try:
+            rows = connection.execute("SELECT * FROM audit ORDER BY ts, id").fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            connection.close()
+        return [dict(row) | {"groups": json.loads(row["groups"]), "sources": json.loads(row["sources"])} for row in rows]
 
     def rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         """Rows (oldest first) since ``since``; empty when there is no ledger yet."""

@@ -131,28 +131,33 @@ def _ms(value: float | None) -> str:
 
 
 def usage_table(report: dict[str, Any]) -> Any:
-    """A Rich table of ``report_json``'s groups with a total row."""
+    """A Rich table of ``report_json``'s groups with a total row, readable in 80 columns: two-line
+    headers, no vertical rules, numbers never wrapped or cut (a long group name folds instead)."""
+    from rich import box
     from rich.table import Table
 
     from agent.terminal import literal
 
     since = report["since"]
     title = f"kb usage by {report['by']}" + (f" since {since[:16].replace('T', ' ')} UTC" if since else "")
-    table = Table(title=title, title_justify="left", show_footer=len(report["groups"]) > 1)
+    table = Table(title=title, title_justify="left", show_footer=len(report["groups"]) > 1, box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, collapse_padding=True)
     rows = [(g["key"], g) for g in report["groups"]]
     total = report["total"]
     columns = [
         (report["by"], "left", lambda g: g, "total"),
         ("requests", "right", lambda g: f"{g['requests']:,}", f"{total['requests']:,}"),
         ("errors", "right", lambda g: f"{g['errors']:,}", f"{total['errors']:,}"),
-        ("prompt tokens", "right", lambda g: _tokens(g, "prompt_tokens"), _tokens(total, "prompt_tokens")),
-        ("completion tokens", "right", lambda g: _tokens(g, "completion_tokens"), _tokens(total, "completion_tokens")),
-        ("latency p50", "right", lambda g: _ms(g["latency_ms"]["p50"]), _ms(total["latency_ms"]["p50"])),
-        ("latency p95", "right", lambda g: _ms(g["latency_ms"]["p95"]), _ms(total["latency_ms"]["p95"])),
+        ("prompt\ntokens", "right", lambda g: _tokens(g, "prompt_tokens"), _tokens(total, "prompt_tokens")),
+        ("completion\ntokens", "right", lambda g: _tokens(g, "completion_tokens"), _tokens(total, "completion_tokens")),
+        ("latency\np50", "right", lambda g: _ms(g["latency_ms"]["p50"]), _ms(total["latency_ms"]["p50"])),
+        ("latency\np95", "right", lambda g: _ms(g["latency_ms"]["p95"]), _ms(total["latency_ms"]["p95"])),
     ]
     for index, (name, justify, _, footer) in enumerate(columns):
-        # Group names (endpoint names are long) fold rather than being cut with an ellipsis.
-        table.add_column(name, justify=justify, footer=footer, overflow="fold" if index == 0 else "ellipsis")
+        if index == 0:  # group names (endpoint names are long) fold rather than being cut; a day never breaks
+            table.add_column(name, justify=justify, footer=footer, overflow="fold", min_width=10)
+        else:
+            table.add_column(name, justify=justify, footer=footer, no_wrap=True)
     for key, group in rows:
         # Caller and endpoint names are printed as they are (no markup, no emoji codes, no escapes).
         table.add_row(literal(key), *[render(group) for _, _, render, _ in columns[1:]])

@@ -19,7 +19,7 @@ import re
 import zipfile
 
 from ingest.documents import LoadedDocument, Section, SkipFile, SourceFile
-from ingest.formats.markup import title_from_name
+from ingest.formats.markup import MAX_TITLE_CHARS, title_from_name
 from ingest.textio import read_bytes
 
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -107,8 +107,9 @@ def load_docx(file: SourceFile, max_bytes: int) -> LoadedDocument:
         import docx
 
         document = docx.Document(io.BytesIO(package))
-        lines = list(_markdown_lines(document))
-        core_title = (document.core_properties.title or "").strip()
+        found: dict[str, str] = {}  # the first Title paragraph and the first heading
+        lines = list(_markdown_lines(document, found))
+        core_title = _core_title(document)
     except SkipFile:
         raise
     except MemoryError:
@@ -116,12 +117,24 @@ def load_docx(file: SourceFile, max_bytes: int) -> LoadedDocument:
     except Exception as exc:  # python-docx / lxml errors on damaged packages
         raise SkipFile(f"malformed DOCX ({type(exc).__name__})") from None
     text = "\n".join(lines).strip()
-    first_heading = next((line.lstrip("# ") for line in lines if line.startswith("#")), "")
-    title = core_title or first_heading or title_from_name(file.path)
+    title = core_title or found.get("title") or found.get("heading") or title_from_name(file.path)
     return LoadedDocument(file.source, title, "docx", [Section(text)])
 
 
-def _markdown_lines(document):
+def _core_title(document) -> str:
+    """The title in ``docProps/core.xml``, or "" when the package has none: python-docx would make a
+    default core part on first access, titled "Word Document", so its absence is checked first."""
+    from docx.opc.constants import RELATIONSHIP_TYPE as RT
+
+    try:
+        document.part.package.part_related_by(RT.CORE_PROPERTIES)
+    except KeyError:
+        return ""
+    return " ".join((document.core_properties.title or "").split())[:MAX_TITLE_CHARS]
+
+
+def _markdown_lines(document, found: dict[str, str]):
+    """Markdown lines of the body; ``found`` gets the first Title paragraph and the first heading."""
     from docx.table import Table
 
     for block in document.iter_inner_content():
@@ -138,8 +151,10 @@ def _markdown_lines(document):
         style = (block.style.name if block.style is not None else "") or ""
         heading = _HEADING.match(style)
         if style.lower() == "title":
+            found.setdefault("title", " ".join(text.split())[:MAX_TITLE_CHARS])
             yield f"\n# {text}\n"
         elif heading:
+            found.setdefault("heading", " ".join(text.split())[:MAX_TITLE_CHARS])
             yield f"\n{'#' * min(int(heading.group(1)), 6)} {text}\n"
         elif style.lower().startswith("list"):
             yield f"- {text}"

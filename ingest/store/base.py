@@ -17,7 +17,11 @@ The shape is the one a Databricks Vector Search index (the scale issue) offers, 
 is both fused by the retriever as today; a ``Filter`` maps to ``filters_json`` (``equals`` ->
 ``{"source": "a.md"}``, ``any_of`` -> ``{"text_sha": [...]}``; ``source_prefix`` -> ``"source LIKE
 'hr/%'"`` on storage-optimized endpoints, whose filters are SQL-like, or a ``folder`` column on standard
-ones, whose ``LIKE`` matches tokens); ``get`` is a lookup by primary key (``id``); ``upsert``/``delete`` are by primary key;
+ones, whose ``LIKE`` matches tokens; ``readable_by`` -> an ``access`` column of type ``ARRAY<STRING>``
+holding the chunk's ``access`` list, filtered with "contains any of" on standard endpoints,
+``{"access": ["*", "hr"]}``, and on storage-optimized ones with one ``array_contains(access, 'g')`` per
+group joined by ``OR``, ANDed with the other conditions; every row there is labelled, so there is no
+unlabelled case to admit); ``get`` is a lookup by primary key (``id``); ``upsert``/``delete`` are by primary key;
 ``scan`` pages through the index (``scan_index`` with ``last_primary_key``). ``count``, ``model_id``
 and ``dimension`` come from the index's description.
 
@@ -45,12 +49,19 @@ class Filter:
     """Which chunks a query or a scan may return: every condition given must hold.
 
     ``equals``: metadata key == value; ``any_of``: metadata key in the values; ``source_prefix``: the
-    ``source`` path starts with it (``"hr/"``: the documents of the hr folder).
+    ``source`` path starts with it (``"hr/"``: the documents of the hr folder); ``readable_by``: the
+    chunk's ``access`` list (``ingest.access``: the groups that may read its document, ``["*"]`` for
+    everyone) shares at least one group with it. A caller's filter is ``readable_by=`` its groups plus
+    ``"*"`` (``ingest.access.readable_by``); a chunk with no ``access`` key (indexed before kb had access
+    control) is everyone's. Adapters apply it inside the store query (Chroma: ``$contains`` on the list
+    metadata, one per group, or ``access_labelled`` not true, under ``$or``; the snapshot and BM25:
+    before taking the top k), so the top k is filled with readable chunks.
     """
 
     equals: Mapping[str, Scalar] = field(default_factory=dict)
     any_of: Mapping[str, Sequence[Scalar]] = field(default_factory=dict)
     source_prefix: str | None = None
+    readable_by: frozenset[str] | None = None
 
     def matches(self, metadata: Mapping[str, Any] | None) -> bool:
         meta = metadata or {}
@@ -58,11 +69,24 @@ class Filter:
             return False
         if any(meta.get(key) not in set(values) for key, values in self.any_of.items()):
             return False
+        if self.readable_by is not None and "access" in meta and not _shares(meta["access"], self.readable_by):
+            return False
         return self.source_prefix is None or str(meta.get("source") or "").startswith(self.source_prefix)
 
     @property
     def empty(self) -> bool:
-        return not self.equals and not self.any_of and self.source_prefix is None
+        return not self.equals and not self.any_of and self.source_prefix is None and self.readable_by is None
+
+    def key(self) -> tuple[Any, ...]:
+        """A hashable identity of the filter (for caches of admitted chunks)."""
+        return (tuple(sorted(self.equals.items())), tuple(sorted((k, tuple(v)) for k, v in self.any_of.items())),
+                self.source_prefix, tuple(sorted(self.readable_by)) if self.readable_by is not None else None)
+
+
+def _shares(labels: Any, groups: frozenset[str]) -> bool:
+    if isinstance(labels, str):  # a single label stored as a scalar
+        return labels in groups
+    return isinstance(labels, (list, tuple)) and any(label in groups for label in labels)
 
 
 @dataclass
@@ -146,9 +170,10 @@ def all_ids(store: ChunkStore, filter: Filter | None = None) -> list[str]:
     return [cid for page in store.scan(filter=filter, texts=False, metadatas=False) for cid in page.ids]
 
 
-def indexed_sources(store: ChunkStore) -> set[str]:
-    """The ``source`` of every chunk: which documents the store holds."""
-    return {str((meta or {}).get("source")) for page in store.scan(texts=False) for meta in page.metadatas or []}
+def indexed_sources(store: ChunkStore, filter: Filter | None = None) -> set[str]:
+    """The ``source`` of every chunk ``filter`` admits: which documents the store holds (for a caller)."""
+    return {str((meta or {}).get("source")) for page in store.scan(filter=filter, texts=False)
+            for meta in page.metadatas or []}
 
 
 def in_order(ids: Sequence[str], found: Mapping[str, tuple[str | None, dict[str, Any] | None, Any]], *,

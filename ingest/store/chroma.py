@@ -148,8 +148,7 @@ def _check_model(collection: Any, model_id: str, where: str) -> None:
         )
 
 
-def _where_clause(conditions: dict[str, Any]) -> dict[str, Any] | None:
-    parts = [{key: value} for key, value in conditions.items()]
+def _where_clause(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else {"$and": parts}
@@ -301,12 +300,22 @@ class ChromaChunkStore:
             stamp.bump(self.index_dir)
 
 
-def _conditions(filter: Filter | None) -> dict[str, Any]:
+def _conditions(filter: Filter | None) -> list[dict[str, Any]]:
+    """A filter's conditions as parts of a Chroma ``where`` (ANDed). ``readable_by``: the chunk's
+    ``access`` list metadata contains one of the groups (``$contains`` on list metadata, chromadb >= 1.5),
+    or the chunk is unlabelled (``access_labelled`` missing: ``$ne`` matches a missing key)."""
     if filter is None:
-        return {}
-    conditions: dict[str, Any] = {key: {"$eq": value} for key, value in filter.equals.items()}
-    conditions.update({key: {"$in": list(values)} for key, values in filter.any_of.items()})
-    return conditions
+        return []
+    parts: list[dict[str, Any]] = [{key: {"$eq": value}} for key, value in filter.equals.items()]
+    parts.extend({key: {"$in": list(values)}} for key, values in filter.any_of.items())
+    if filter.readable_by is not None:
+        groups = sorted(filter.readable_by)
+        if not groups:
+            groups = ["!none-given"]  # admits nothing (an empty $or is not valid)
+        either = [{"access": {"$contains": group}} for group in groups]
+        either.append({"access_labelled": {"$ne": True}})  # unlabelled: indexed before access control
+        parts.append({"$or": either})
+    return parts
 
 
 def _needs_source(filter: Filter | None) -> bool:

@@ -125,10 +125,14 @@ class LexicalHits:
             return 0.0, None
         return score, int(np.count_nonzero(self.scores > score)) + 1
 
-    def only(self, allowed: set[str]) -> LexicalHits:
+    def only(self, allowed: set[str] | frozenset[str]) -> LexicalHits:
         """The same hits with every chunk outside ``allowed`` scored 0 (a filtered search)."""
-        scores = np.asarray([s if cid in allowed else 0.0 for cid, s in zip(self.ids, self.scores)], dtype=np.float32)
-        hits = LexicalHits(self.ids, scores)
+        return self.masked(np.fromiter((cid in allowed for cid in self.ids), dtype=bool, count=len(self.ids)))
+
+    def masked(self, mask: np.ndarray) -> LexicalHits:
+        """The same hits with every chunk where ``mask`` is False scored 0: ``top`` then holds admitted
+        chunks only, and ``score_and_rank`` ranks among them."""
+        hits = LexicalHits(self.ids, np.where(mask, self.scores, np.float32(0.0)).astype(np.float32, copy=False))
         hits.__dict__["_pos"] = self._positions()
         return hits
 
@@ -278,6 +282,7 @@ class LexicalSide:
     def __init__(self, index_dir: Path | None) -> None:
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._current: tuple[Any, LexicalIndex] | None = None
+        self._masks: dict[tuple[int, int], tuple[Any, Any, np.ndarray]] = {}  # (index, admitted ids) -> mask
 
     def index(self, store: ChunkStore) -> LexicalIndex:
         total = store.count()
@@ -289,7 +294,20 @@ class LexicalSide:
         return current[1]
 
     def search(self, store: ChunkStore, query: str, filter: Filter | None = None) -> LexicalHits:
-        hits = self.index(store).search(query)
+        """BM25 over the chunks ``filter`` admits: the others score 0 before any top-k is taken."""
+        index = self.index(store)
+        hits = index.search(query)
         if filter is None or filter.empty:
             return hits
-        return hits.only(set(all_ids(store, filter)))
+        admitted = getattr(store, "admitted_ids", None)
+        allowed = admitted(filter) if callable(admitted) else set(all_ids(store, filter))
+        if not isinstance(allowed, frozenset):  # computed for this call: nothing to reuse
+            return hits.only(allowed)
+        key = (id(index), id(allowed))
+        cached = self._masks.get(key)
+        if cached is None or cached[0] is not index or cached[1] is not allowed:
+            if len(self._masks) >= 64:
+                self._masks.clear()
+            mask = np.fromiter((cid in allowed for cid in index.ids), dtype=bool, count=len(index.ids))
+            cached = self._masks[key] = (index, allowed, mask)
+        return hits.masked(cached[2])

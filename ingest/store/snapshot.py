@@ -40,6 +40,7 @@ from ingest.store.stamp import bump, read_stamp
 
 SNAPSHOT_VERSION = 2  # 2: tagged with kb's write stamp (1 read Chroma's SQLite tables)
 RECHECK_SECONDS = 1.0
+MAX_CACHED_FILTERS = 64  # admitted chunks per filter (the callers' group sets), per open snapshot
 
 
 def snapshot_dir(index_dir: Path) -> Path:
@@ -137,6 +138,8 @@ class _Snapshot:
                                    check_same_thread=False)
         self._lock = threading.Lock()
         self.count = int(state["count"])
+        self._admitted: dict[tuple[Any, ...], tuple[np.ndarray, frozenset[str]]] = {}  # filter key -> admitted
+
 
     def rows(self, column: str, keys: Sequence[Any]) -> list[tuple[int, str, str, dict[str, Any]]]:
         """(pos, id, text, metadata) of the rows whose ``column`` is in ``keys``, in the order of ``keys``."""
@@ -158,10 +161,25 @@ class _Snapshot:
                 "SELECT pos, id, document, metadata FROM chunks WHERE pos >= ? AND pos < ? ORDER BY pos", (start, stop))]
 
     def admitted(self, filter: Filter) -> np.ndarray:
-        """Positions of the chunks ``filter`` admits."""
-        with self._lock:
-            rows = self._db.execute("SELECT pos, metadata FROM chunks ORDER BY pos").fetchall()
-        return np.asarray([pos for pos, meta in rows if filter.matches(json.loads(meta) if meta else {})], dtype=np.int64)
+        """Positions of the chunks ``filter`` admits (the snapshot never changes: computed once per filter)."""
+        return self._admitted_entry(filter)[0]
+
+    def admitted_ids(self, filter: Filter) -> frozenset[str]:
+        """Ids of the chunks ``filter`` admits (the same object on every call for one filter)."""
+        return self._admitted_entry(filter)[1]
+
+    def _admitted_entry(self, filter: Filter) -> tuple[np.ndarray, frozenset[str]]:
+        key = filter.key()
+        entry = self._admitted.get(key)
+        if entry is None:
+            with self._lock:
+                rows = self._db.execute("SELECT pos, id, metadata FROM chunks ORDER BY pos").fetchall()
+            kept = [(pos, cid) for pos, cid, meta in rows if filter.matches(json.loads(meta) if meta else {})]
+            entry = (np.asarray([pos for pos, _ in kept], dtype=np.int64), frozenset(cid for _, cid in kept))
+            if len(self._admitted) >= MAX_CACHED_FILTERS:  # callers' group sets: few in practice
+                self._admitted.clear()
+            self._admitted[key] = entry
+        return entry
 
     def nearest(self, vector: Sequence[float], k: int, positions: np.ndarray | None) -> list[tuple[int, float]]:
         """(position, cosine distance) of the ``k`` nearest chunks, nearest first: exact search."""
@@ -170,6 +188,8 @@ class _Snapshot:
         with one_blas_thread():  # one memory-bound product: a second thread only adds wake-up latency
             if positions is None:
                 similarity = (self.vectors @ query) / self.norms
+            elif len(positions) * 4 >= len(self.norms):  # most chunks admitted: score all, keep the admitted
+                similarity = ((self.vectors @ query) / self.norms)[positions]
             else:
                 similarity = (np.asarray(self.vectors[positions]) @ query) / self.norms[positions]
         n = len(similarity)
@@ -265,6 +285,13 @@ class SnapshotStore:
         if self._fresh() is None:
             return self.real_store().lexical(query, filter=filter)
         return self._lexical.search(self, query, filter)
+
+    def admitted_ids(self, filter: Filter) -> frozenset[str] | set[str]:
+        """The ids ``filter`` admits: cached per filter while the snapshot serves (BM25 filters with it)."""
+        snapshot = self._fresh()
+        if snapshot is None:
+            return {cid for page in self.real_store().scan(filter=filter, texts=False, metadatas=False) for cid in page.ids}
+        return snapshot.admitted_ids(filter)
 
     def scan(self, *, filter: Filter | None = None, texts: bool = True, metadatas: bool = True,
              vectors: bool = False, page_size: int = PAGE) -> Iterator[Chunks]:

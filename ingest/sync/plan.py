@@ -11,6 +11,10 @@
 - Several roots live side by side: a run only deletes documents under the paths it was given. A
   path inside an already indexed root keeps that root; a new root that contains an indexed root
   takes its documents over.
+- Access labels (``ingest.access``): every chunk carries its document's readers (``access`` metadata,
+  from the root's ``.kb-access`` and the document's front matter). A document whose content is
+  unchanged but whose labels changed (the rules changed) is planned as ``relabel``: its chunks get the
+  new labels without being re-embedded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.access import ACCESS_KEY, LABELLED_KEY, Rules, front_matter_access, load_rules
 from ingest.documents import DEFAULT_MAX_FILE_BYTES, SkipFile, Skipped, SourceFile
 from ingest.loaders import Scope, discover, load
 from ingest.split import Chunk, split_document
@@ -63,6 +68,21 @@ class FilePlan:
     ids: list[str]
     old_ids: list[str]
     chunks_total: int | None = None  # the file's chunks before KB_MAX_CHUNKS_PER_FILE cut it (None: not cut)
+    access: list[str] | None = None  # the labels its chunks get (ingest.access)
+    front: bool = False  # ... from its front matter
+    old_access: list[str] | None = None  # the labels its record had (None: new, or recorded before labels)
+
+
+@dataclass
+class Relabel:
+    """A document whose content is unchanged but whose readers changed: new labels, no re-embedding."""
+
+    root: Path
+    source: str
+    ids: list[str]
+    access: list[str]
+    front: bool
+    old_access: list[str] | None
 
 
 @dataclass
@@ -86,6 +106,7 @@ class Plan:
     new_skips: list[NewSkip] = field(default_factory=list)  # remembered so they are not re-parsed
     forget: list[tuple[Path, str]] = field(default_factory=list)  # skip records of files now gone
     truncated: list[dict[str, Any]] = field(default_factory=list)  # files cut at KB_MAX_CHUNKS_PER_FILE
+    relabel: list[Relabel] = field(default_factory=list)  # same content, other readers
 
     @property
     def roots(self) -> list[Path]:
@@ -102,26 +123,30 @@ class Plan:
 
     @property
     def has_writes(self) -> bool:
-        return bool(self.added or self.changed or self.deleted or self.touched or self.new_skips or self.forget)
+        return bool(self.added or self.changed or self.deleted or self.touched or self.new_skips or self.forget
+                    or self.relabel)
 
 
 def make_plan(
     paths: Iterable[Path], records: Records | NoRecords, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     exclude: Iterable[Path] = (), parser: ParseWorker | None = None, checksum: bool = False,
-    max_chunks: int | None = None,
+    max_chunks: int | None = None, access_default: str = "all", remote: Any = None,
 ) -> Plan:
     """Compare the files under ``paths`` with the records: what to add, re-embed, delete, skip.
 
     ``parser``: parse in that worker process (time and memory limits) instead of in this one.
     ``checksum``: hash every file, even when its size and modification time match the record.
     ``max_chunks``: keep at most that many chunks of a file (the rest is reported, not indexed).
+    ``access_default``: ``KB_ACCESS_DEFAULT`` (``all``: a document no access rule covers is readable
+    by everyone; ``none``: by no one).
     """
     known_roots = records.roots()
-    found = discover(paths, known_roots=known_roots, exclude=exclude)
+    found = _discover_all(list(paths), known_roots, exclude, remote)
     plan = Plan(scopes=found.scopes, skipped=list(found.skipped))
     known: dict[Path, dict[str, Record]] = {root: records.for_root(root) for root in plan.roots}
     seen: set[tuple[Path, str]] = set()
-    options = _Options(max_bytes, parser, checksum, max_chunks)
+    options = _Options(max_bytes, parser, checksum, max_chunks,
+                       {root: load_rules(root, access_default) for root in plan.roots})
     for file in found.files:
         seen.add((file.root, file.source))
         _plan_file(plan, file, known[file.root].get(file.source), options)
@@ -136,12 +161,35 @@ def make_plan(
     return plan
 
 
+def _discover_all(paths: list[Any], known_roots: list[Path], exclude: Iterable[Path], remote: Any) -> Any:
+    """Local files, plus (``remote``: an ``ingest.volumes.VolumeSource``) the Unity Catalog volume paths,
+    listed and mirrored through the Files API, then planned like local files."""
+    from ingest.volumes import volume_path
+
+    volumes = [v for v in (volume_path(p) for p in paths) if v is not None] if remote is not None else []
+    found = discover([p for p in paths if remote is None or volume_path(p) is None], known_roots=known_roots,
+                     exclude=exclude)
+    if volumes:
+        fetched = remote.discover(volumes, known_roots)
+        found.files = sorted(found.files + fetched.files, key=lambda f: (str(f.root), f.source))
+        found.skipped += fetched.skipped
+        found.scopes += fetched.scopes
+    return found
+
+
 @dataclass(frozen=True)
 class _Options:
     max_bytes: int
     parser: ParseWorker | None
     checksum: bool
     max_chunks: int | None
+    rules: dict[Path, Rules] = field(default_factory=dict)
+
+    def labels(self, file: SourceFile) -> tuple[list[str], bool]:
+        """The labels of a document read now: its front matter's, else its root's rules'."""
+        front = front_matter_access(file.path)
+        rules = self.rules.get(file.root) or Rules()
+        return list(rules.labels(file.source, front)), front is not None
 
 
 def _cut_note(file: SourceFile, total: int, kept: int) -> dict[str, Any]:
@@ -185,6 +233,7 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, options: _
             plan.touched.append((file, stat.st_size, stat.st_mtime_ns))
         if previous.skip_reason is None and not cut_differently:
             plan.unchanged.append(file.source)
+            _plan_labels(plan, file, previous, options)
             if previous.chunks_total is not None:  # still cut: said on every run, like a skip
                 plan.truncated.append(_cut_note(file, previous.chunks_total, len(previous.ids)))
             return
@@ -205,13 +254,30 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, options: _
         chunks = chunks[: options.max_chunks]
         plan.truncated.append(_cut_note(file, chunks_total, len(chunks)))
     ids = [chunk_id(file.root, file.source, c.metadata["chunk"], c.text) for c in chunks]
+    access, front = options.labels(file)
     for chunk in chunks:
         chunk.metadata["root"] = str(file.root)
         chunk.metadata["text_sha"] = text_sha(chunk.text)
+        chunk.metadata[ACCESS_KEY] = list(access)
+        chunk.metadata[LABELLED_KEY] = True
     indexed_before = previous is not None and previous.skip_reason is None
     entry = FilePlan(file, sha, stat.st_size, stat.st_mtime_ns, title, chunks, ids,
-                     previous.ids if previous is not None else [], chunks_total)
+                     previous.ids if previous is not None else [], chunks_total, access, front,
+                     previous.access if indexed_before else None)
     (plan.changed if indexed_before else plan.added).append(entry)
+
+
+def _plan_labels(plan: Plan, file: SourceFile, previous: Record, options: _Options) -> None:
+    """An unchanged document: re-label its chunks if its readers changed (the file is read only when its
+    record predates labels; front matter cannot change while the content does not)."""
+    if previous.access is not None and previous.front:
+        return
+    if previous.access is None:
+        access, front = options.labels(file)
+    else:
+        access, front = list((options.rules.get(file.root) or Rules()).labels(file.source)), False
+    if access != previous.access:
+        plan.relabel.append(Relabel(file.root, file.source, list(previous.ids), access, front, previous.access))
 
 
 def _unreadable(plan: Plan, file: SourceFile, previous: Record | None, reason: str) -> None:
@@ -253,6 +319,7 @@ class Summary:
     files: list[dict[str, Any]] = field(default_factory=list)  # per added/changed/deleted file
     seconds: float = 0.0
     truncated: list[dict[str, Any]] = field(default_factory=list)  # cut at KB_MAX_CHUNKS_PER_FILE
+    relabelled: int = 0  # unchanged documents whose chunks got new access labels (not re-embedded)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -271,6 +338,10 @@ def file_changes(plan: Plan) -> list[dict[str, Any]]:
     for (root, source), ids in sorted(plan.deleted.items()):
         changes.append({"action": "deleted", "source": source, "root": str(root), "chunks": 0,
                         "to_embed": 0, "to_delete": len(ids)})
+    for entry in plan.relabel:
+        changes.append({"action": "relabelled", "source": entry.source, "root": str(entry.root),
+                        "chunks": len(entry.ids), "to_embed": 0, "to_delete": 0, "access": list(entry.access),
+                        "access_before": entry.old_access})
     return changes
 
 
@@ -287,4 +358,5 @@ def plan_summary(plan: Plan) -> Summary:
         dry_run=True,
         files=file_changes(plan),
         truncated=plan.truncated,
+        relabelled=len(plan.relabel),
     )

@@ -37,6 +37,8 @@ class Record:
     skip_reason: str | None
     version: int
     chunks_total: int | None = None  # set when KB_MAX_CHUNKS_PER_FILE cut the file: chunks it had in all
+    access: list[str] | None = None  # the labels on its chunks (ingest.access); None: written before kb had them
+    front: bool = False  # the labels come from the document's front matter (not from .kb-access)
 
 
 class Records:
@@ -51,6 +53,7 @@ class Records:
             self._db = sqlite3.connect(uri, uri=True, timeout=30)
             self.collection = collection if collection is not None else (self.get_state("active") or "")
             self._total_column = self._has_total_column()
+            self._access_column = self._has_column("access")
             return
         Path(index_dir).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30)
@@ -66,13 +69,19 @@ class Records:
         self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         if not self._has_total_column():  # added for KB_MAX_CHUNKS_PER_FILE; older files lack it
             self._db.execute("ALTER TABLE records ADD COLUMN chunks_total INTEGER")
+        if not self._has_column("access"):  # added for access control: {"groups": [...], "front": bool}
+            self._db.execute("ALTER TABLE records ADD COLUMN access TEXT")
         self._db.commit()
         self._total_column = True
+        self._access_column = True
         self.collection = collection if collection is not None else (self.get_state("active") or "")
 
     def _has_total_column(self) -> bool:
+        return self._has_column("chunks_total")
+
+    def _has_column(self, name: str) -> bool:
         try:
-            return any(row[1] == "chunks_total" for row in self._db.execute("PRAGMA table_info(records)"))
+            return any(row[1] == name for row in self._db.execute("PRAGMA table_info(records)"))
         except sqlite3.Error:
             return False
 
@@ -84,34 +93,51 @@ class Records:
 
     def for_root(self, root: Path) -> dict[str, Record]:
         total = "chunks_total" if self._total_column else "NULL"
+        access = "access" if self._access_column else "NULL"
         rows = self._db.execute(
             "SELECT source, sha, size, mtime_ns, checked_ns, title, chunk_ids, skip_reason, version, "
-            f"{total} FROM records WHERE collection = ? AND root = ?",
+            f"{total}, {access} FROM records WHERE collection = ? AND root = ?",
             (self.collection, str(root)),
         )
-        return {s: Record(sha, size, m, c, t, json.loads(ids), r, v, n) for s, sha, size, m, c, t, ids, r, v, n in rows}
+        found = {}
+        for s, sha, size, m, c, t, ids, r, v, n, a in rows:
+            labels, front = _access(a)
+            found[s] = Record(sha, size, m, c, t, json.loads(ids), r, v, n, labels, front)
+        return found
 
     def expected_ids(self, root: Path) -> set[str]:
         return {i for record in self.for_root(root).values() for i in record.ids}
 
     def documents(self) -> list[dict]:
+        """``[{"root", "source", "title", "chunks", "access"}]``; ``access`` is the document's labels
+        (``ingest.access``), ``None`` for a document recorded before kb had access control."""
+        access = "access" if self._access_column else "NULL"
         rows = self._db.execute(
-            "SELECT root, source, title, chunk_ids FROM records WHERE collection = ? AND skip_reason IS NULL"
+            f"SELECT root, source, title, chunk_ids, {access} FROM records WHERE collection = ? AND skip_reason IS NULL"
             " ORDER BY root, source",
             (self.collection,),
         )
-        return [{"root": r, "source": s, "title": t, "chunks": len(json.loads(ids))} for r, s, t, ids in rows]
+        return [{"root": r, "source": s, "title": t, "chunks": len(json.loads(ids)), "access": _access(a)[0]}
+                for r, s, t, ids, a in rows]
 
     # -- writing (each call is its own transaction: a crash never leaves half a record)
 
     def put(self, root: Path, source: str, sha: str, title: str, ids: list[str], *, size: int = -1,
             mtime_ns: int = 0, checked_ns: int = 0, skip_reason: str | None = None,
-            chunks_total: int | None = None) -> None:
+            chunks_total: int | None = None, access: list[str] | None = None, front: bool = False) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO records (collection, root, source, sha, size, mtime_ns, checked_ns, title,"
-            " chunk_ids, skip_reason, version, chunks_total) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " chunk_ids, skip_reason, version, chunks_total, access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.collection, str(root), source, sha, size, mtime_ns, checked_ns, title, json.dumps(ids),
-             skip_reason, LOADER_VERSION, chunks_total),
+             skip_reason, LOADER_VERSION, chunks_total, _access_json(access, front)),
+        )
+        self._db.commit()
+
+    def set_access(self, root: Path, source: str, access: list[str], front: bool) -> None:
+        """Record new labels of a document whose chunks were re-labelled (content unchanged)."""
+        self._db.execute(
+            "UPDATE records SET access = ? WHERE collection = ? AND root = ? AND source = ?",
+            (_access_json(access, front), self.collection, str(root), source),
         )
         self._db.commit()
 
@@ -175,6 +201,20 @@ class Records:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _access_json(access: list[str] | None, front: bool) -> str | None:
+    return None if access is None else json.dumps({"groups": list(access), "front": bool(front)})
+
+
+def _access(value: str | None) -> tuple[list[str] | None, bool]:
+    if not value:
+        return None, False
+    try:
+        data = json.loads(value)
+        return [str(g) for g in data["groups"]], bool(data.get("front"))
+    except (ValueError, KeyError, TypeError):
+        return None, False
 
 
 class NoRecords:

@@ -10,7 +10,9 @@ Order of writes, so that ``kill -9`` at any moment converges on the next run:
 5. orphans (chunks under the run's roots that no record accounts for) are swept, the mark cleared.
 
 A crash after 2 leaves chunks without a record: the next run finds them present and does not embed
-them again. A crash after 3 leaves stale chunks: swept. A crash in 4: the deletion is planned again.
+them again. Re-labelling (new access labels, same content: ``Plan.relabel``, and the chunks a changed
+file keeps) rewrites the chunks' metadata with their stored vectors before the record is updated, so
+a crash in between re-labels again on the next run. A crash after 3 leaves stale chunks: swept. A crash in 4: the deletion is planned again.
 
 Embedding runs in worker threads (as many as ``embeddings.max_concurrency``, default 1) while the
 main thread writes finished batches, so the model never waits for the store. Before embedding, chunk
@@ -27,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.access import ACCESS_KEY, LABELLED_KEY
 from ingest.errors import IngestError, KbError
 from ingest.split import Chunk
 from ingest.store.base import ChunkStore, Filter, all_ids
@@ -75,8 +78,15 @@ def apply_plan(
     for root, source in plan.forget:
         records.delete(root, source)
 
+    for entry in plan.relabel:  # same content, other readers: new labels, same vectors
+        relabel_chunks(store, entry.ids, entry.access)
+        records.set_access(entry.root, entry.source, entry.access, entry.front)
+
     todo = plan.added + plan.changed
     existing = set(store.get([i for entry in todo for i in entry.ids], texts=False, metadatas=False).ids)
+    for entry in todo:  # chunks a file keeps (or a crashed run left) whose labels changed
+        if entry.access is not None and entry.access != entry.old_access:
+            relabel_chunks(store, [cid for cid in entry.ids if cid in existing], entry.access)
     state = _Progress(total=0, callback=progress)
     pending: list[tuple[str, Chunk, FilePlan]] = []
     for entry in todo:
@@ -112,7 +122,22 @@ def apply_plan(
         chunks_reused=state.reused,
         files=file_changes(plan),
         truncated=plan.truncated,
+        relabelled=len(plan.relabel),
     )
+
+
+def relabel_chunks(store: ChunkStore, ids: list[str], access: list[str], *, page: int = 500) -> int:
+    """Give these chunks the access labels ``access`` (their text and vector are written back as they are:
+    nothing is embedded); returns how many were rewritten."""
+    done = 0
+    for start in range(0, len(ids), page):
+        got = store.get(ids[start : start + page], vectors=True)
+        if not got.ids:
+            continue
+        metadatas = [{**(meta or {}), ACCESS_KEY: list(access), LABELLED_KEY: True} for meta in got.metadatas or []]
+        store.upsert(got.ids, got.texts or [""] * len(got.ids), metadatas, got.vectors)
+        done += len(got.ids)
+    return done
 
 
 def _write_chunks(pending, store: ChunkStore, embeddings, records, state: _Progress, *, batch_size: int | None) -> None:
@@ -203,7 +228,8 @@ def _finish(item: tuple[_Batch, list[FilePlan]], store: ChunkStore, records: Any
 
 def _commit_file(entry: FilePlan, store: ChunkStore, records: Any, state: _Progress) -> None:
     records.put(entry.file.root, entry.file.source, entry.sha, entry.title, entry.ids, size=entry.size,
-                mtime_ns=entry.mtime_ns, checked_ns=_now_ns(), chunks_total=entry.chunks_total)
+                mtime_ns=entry.mtime_ns, checked_ns=_now_ns(), chunks_total=entry.chunks_total,
+                access=entry.access, front=entry.front)
     store.delete(sorted(set(entry.old_ids) - set(entry.ids)))
     state.files_done += 1
 

@@ -99,9 +99,12 @@ def test_every_kb_command_line_shown_uses_real_commands_and_options() -> None:
                 if name not in commands:
                     problems.append(f"{page.name}: unknown command in '{line}'")
                     continue
-                options = {opt for param in commands[name].params for opt in getattr(param, "opts", [])}
+                command, rest = commands[name], words[1:]
+                while getattr(command, "commands", None) and rest and rest[0] in command.commands:
+                    command, rest = command.commands[rest[0]], rest[1:]  # a sub-command (kb deploy app)
+                options = {opt for param in command.params for opt in getattr(param, "opts", [])}
                 options |= {"--help"}
-                for word in words[1:]:
+                for word in rest:
                     if word.startswith("-") and word.split("=")[0] not in options:
                         problems.append(f"{page.name}: '{word}' is not an option of kb {name} in '{line}'")
     assert not problems, "\n".join(problems)

@@ -274,7 +274,7 @@ def test_kb_agent_shows_tool_calls_then_the_cited_answer(indexed: Path, databric
     result = kb("agent", "How do I roll back a deploy?")
     assert result.exit_code == 0, result.stderr
     assert "→ search_knowledge(query='rollback deploy', k=1)" in result.stderr
-    assert "← 1 passage: [1] from eng/oncall.md" in result.stderr
+    assert "← search_knowledge: 1 passage: [1] from eng/oncall.md" in result.stderr
     assert "Run `shipit rollback --to previous` and announce it in #deploys [1]." in result.stdout
     assert "Sources" in result.stdout and "[1] eng/oncall.md · On-call Runbook" in result.stdout
 

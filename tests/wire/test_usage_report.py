@@ -90,7 +90,7 @@ def test_table_output(ledger: Ledger, kb: KbRunner) -> None:
     result = kb("usage")
     assert result.exit_code == 0, result.stderr
     text = result.stdout
-    for fragment in ("kb usage by command", "requests", "prompt tokens", "latency p50", "latency p95",
+    for fragment in ("kb usage by command", "requests", "prompt", "completion", "tokens", "latency", "p50", "p95",
                      "ask", "serve", "ingest", "total", "1.5 s", "300 ms"):
         assert fragment in text, text
     assert "2 call(s) did not report token usage" in text
