@@ -239,7 +239,7 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         value = value.strip()
-        if info.field_name == "vs_index" and not re.fullmatch(r"[^.\s`]+\.[^.\s`]+\.[^.\s`]+", value):
+        if info.field_name == "vs_index" and not re.fullmatch(r"\A[^.\s`]+\.[^.\s`]+\.[^.\s`]+\Z", value):
             raise ValueError("must be the index's full name catalog.schema.name")
         if info.field_name == "vs_endpoint" and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
             raise ValueError("must be a Vector Search endpoint name (letters, digits, '-', '_')")

@@ -80,7 +80,8 @@ EXAMPLES: dict[str, list[str]] = {
 }
 
 
-_RANGE = re.compile(r"(-?\d+(?:\.\d+)?)<=x<=(-?\d+(?:\.\d+)?)")
+# Starts only where a number starts (no retry inside a run of digits): linear on any input.
+_RANGE = re.compile(r"(?<![\d.])(-?\d+(?:\.\d+)?)<=x<=(-?\d+(?:\.\d+)?)")
 
 
 def _summary(command: Any) -> str:

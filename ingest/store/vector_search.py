@@ -19,11 +19,19 @@ Mapping of the ``ChunkStore`` calls:
   hits are ranked by exact cosine (``Hit.distance = 1 - cosine``), whatever metric the index uses;
 - ``search`` (kb's retriever uses it instead of fusing locally) -> ``ANN`` / ``HYBRID`` / ``FULL_TEXT``;
 - ``lexical`` -> a ``FULL_TEXT`` query; an index without full-text search is one clear ``UsageError``;
-- ``Filter`` -> ``filters_json`` (``equals`` -> ``{"source": "a.md"}``, ``any_of`` -> ``{"text_sha": [...]}``);
-  ``source_prefix`` has no portable operator (``LIKE`` differs between endpoint types) and ``readable_by``
-  (``ingest.access``) needs a list column, which a Vector Search schema cannot hold: both are applied to
-  the results (every row returned is checked with ``Filter.matches``, so nothing unreadable leaks), with
-  the query widened (``num_results`` x4) to make up for what they remove;
+- ``Filter`` -> ``filters_json`` (``equals`` -> ``{"source": "a.md"}``, ``any_of`` -> ``{"text_sha": [...]}``,
+  ``readable_by`` -> ``{"access": ["*", "hr"]}``: a list value on the ``ARRAY<STRING>`` column ``access``
+  means "contains any of", so the service ranks only readable rows and the top k is full of them);
+  ``source_prefix`` has no portable operator (``LIKE`` differs between endpoint types): it is applied to
+  the results, with the query widened (``num_results`` x4) to make up for what it removes. Every row
+  returned is checked with ``Filter.matches`` too, so nothing unreadable leaks whatever the service did;
+- access control (``ingest.access``): every row kb writes carries its readers in ``access`` (``["*"]``
+  for everyone). A Direct Vector Access index created before kb had the column cannot filter: a query
+  with ``readable_by`` on it is refused (one line: ``kb ingest --rebuild``, which recreates the index
+  with the column, or a new ``KB_VS_INDEX``), never filtered after the top k. A Delta Sync index names its
+  readers column in ``KB_VS_COLUMNS`` (``{"access": "readers"}``); without one its rows carry no labels
+  and read as everyone's (like chunks indexed before access control), which is logged once when callers
+  with groups query it;
 - ``get`` -> a query filtered on the primary key (Vector Search has no get-by-key call);
 - ``scan`` -> ``scan_index`` pages (``last_primary_key``), filtered here; a filter on a long list of ids
   or ``text_sha`` (the writer looking for vectors to reuse) is a filtered query instead of a full scan;
@@ -39,6 +47,7 @@ backoff). Writes are by primary key, so a repeat is harmless.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -58,12 +67,14 @@ SCAN_PAGE = 100  # rows per scan_index call
 MAX_RESULTS = 1000  # num_results of one query
 RETRYABLE = (500, 502, 504)  # 429 and 503 are the SDK's own
 METADATA_COLUMNS = ("source", "root", "title", "section", "page", "chunk", "text_sha")
+ACCESS = "access"  # the readers column (ARRAY<STRING>): the chunk's ``access`` labels, ``["*"]`` for everyone
 SCHEMA = {"id": "string", "text": "string", "source": "string", "root": "string", "title": "string",
           "section": "string", "page": "int", "chunk": "int", "text_sha": "string", "metadata": "string",
-          "vector": "array<float>"}
-DEFAULT_COLUMNS = {"id": "id", "text": "text", "vector": "vector", "metadata": "metadata",
+          ACCESS: "array<string>", "vector": "array<float>"}
+DEFAULT_COLUMNS = {"id": "id", "text": "text", "vector": "vector", "metadata": "metadata", ACCESS: ACCESS,
                    **{name: name for name in METADATA_COLUMNS}}
-_INDEX_NAME = re.compile(r"[^.\s`]+\.[^.\s`]+\.[^.\s`]+")
+_INDEX_NAME = re.compile(r"\A[^.\s`]+\.[^.\s`]+\.[^.\s`]+\Z")
+log = logging.getLogger("kb.store")
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,7 @@ class VectorSearchChunkStore:
         self.read_only = config.read_only
         self.upsert_calls: list[tuple[int, int]] = []  # (rows, bytes) per upsert request: what ingest sent
         self.delete_calls: list[int] = []
+        self._warned_unlabelled = False
 
     # ------------------------------------------------------------ calls
 
@@ -210,14 +222,52 @@ class VectorSearchChunkStore:
     def _vector_column(self) -> str | None:
         return None if self.computes_embeddings else self.config.column("vector")
 
-    def _has_metadata_column(self) -> bool:
+    def _schema(self) -> dict[str, Any]:
+        """A Direct Vector Access index's ``schema_json`` (``{}``: not a direct index, or not told)."""
         spec = self.describe().direct_access_index_spec
         if spec is None or not spec.schema_json:
-            return False
+            return {}
         try:
-            return self.config.column("metadata") in json.loads(spec.schema_json)
+            schema = json.loads(spec.schema_json)
         except ValueError:
-            return False
+            return {}
+        return schema if isinstance(schema, dict) else {}
+
+    def _has_metadata_column(self) -> bool:
+        return self.config.column("metadata") in self._schema()
+
+    @property
+    def access_column(self) -> str | None:
+        """The readers column (``ARRAY<STRING>``) a ``readable_by`` filter goes to, or ``None`` when the
+        index has none: a Direct Vector Access index created before kb wrote it (its schema, when the
+        service tells it, lacks the column), a Delta Sync index without ``access`` in ``KB_VS_COLUMNS``."""
+        if self.direct:
+            schema, name = self._schema(), self.config.column(ACCESS)
+            return name if not schema or name in schema else None  # schema untold: kb's own (a wrong guess fails closed)
+        return self.config.columns.get(ACCESS) or None
+
+    def _access_filter(self, filter: Filter | None) -> dict[str, list[str]]:
+        """``readable_by`` as a ``filters_json`` condition on the readers column (``{}``: no restriction).
+        An index without the column cannot restrict a query: a Direct Vector Access index kb wrote is
+        refused in one line (filtering after the top k would leave it short of readable chunks); a Delta
+        Sync index without a mapped column has no labels, so its rows are everyone's (logged once)."""
+        allowed = getattr(filter, "readable_by", None)
+        if allowed is None:
+            return {}
+        column = self.access_column
+        if column is not None:
+            return {column: sorted(allowed)}
+        if self.direct:
+            raise IndexUnusableError(
+                f"Vector Search index {self.index} has no '{ACCESS}' column, so kb cannot limit results to what "
+                f"the caller may read: run 'kb ingest --rebuild' (it recreates the index with the column) or set a "
+                f"new KB_VS_INDEX")
+        if not self._warned_unlabelled and set(allowed) - {"*"}:
+            self._warned_unlabelled = True
+            log.warning("Vector Search index %s has no access column (KB_VS_COLUMNS names none): its rows carry no "
+                        "readers, so every caller reads every row; map its ARRAY<STRING> readers column with "
+                        'KB_VS_COLUMNS {"access": "<column>"}', self.index)
+        return {}
 
     def _columns(self, *, vectors: bool) -> list[str]:
         names = [self.config.column("id"), self.config.column("text")]
@@ -226,6 +276,9 @@ class VectorSearchChunkStore:
         else:
             names += [self.config.column(name) for name in METADATA_COLUMNS if name in self.config.columns
                       or self.direct]
+        access = self.access_column
+        if access is not None:
+            names.append(access)
         vector = self._vector_column()
         if vectors and vector:
             names.append(vector)
@@ -311,6 +364,9 @@ class VectorSearchChunkStore:
             value = record.get(column(name))
             if name not in metadata and value is not None and value != "":
                 metadata[name] = int(value) if name in ("page", "chunk") and _is_number(value) else value
+        labels = _labels(record.get(column(ACCESS)))
+        if labels is not None:  # the column is what the service filtered on: it is the chunk's readers
+            metadata[ACCESS] = labels
         vector = record.get(column("vector"))
         if isinstance(vector, str):  # some responses carry arrays as JSON text
             try:
@@ -338,8 +394,7 @@ class VectorSearchChunkStore:
             text = query if mode != "dense" else None
             if vector is None and mode != "bm25":
                 vector = self.embeddings.embed_query(query)
-        widen = 4 if filter is not None and (filter.source_prefix is not None
-                                             or getattr(filter, "readable_by", None) is not None) else 1
+        widen = 4 if filter is not None and filter.source_prefix is not None else 1
         try:
             rows, scores = self._query(query_type, text=text, vector=vector if mode != "bm25" else None,
                                        n=k * widen, filters=self._filters(filter), vectors=True)
@@ -367,6 +422,7 @@ class VectorSearchChunkStore:
 
     def scan(self, *, filter: Filter | None = None, texts: bool = True, metadatas: bool = True,
              vectors: bool = False, page_size: int = PAGE) -> Iterator[Chunks]:
+        access = self._access_filter(filter)  # refused here too on an index that cannot filter by readers
         selective = filter is not None and filter.any_of and not filter.equals and filter.source_prefix is None \
             and len(filter.any_of) == 1
         if selective:  # e.g. the writer's vectors to reuse: a filtered query, not a scan of the whole index
@@ -374,7 +430,7 @@ class VectorSearchChunkStore:
             values = list(dict.fromkeys(values))
             for start in range(0, len(values), LOOKUP_KEYS):
                 part = values[start : start + LOOKUP_KEYS]
-                rows = self._lookup({self.config.column(key) if key in DEFAULT_COLUMNS else key: part},
+                rows = self._lookup({self.config.column(key) if key in DEFAULT_COLUMNS else key: part, **access},
                                     MAX_RESULTS, vectors=vectors)
                 rows = [row for row in rows if filter.matches(row["metadata"] | {"id": row["id"]})]
                 if rows:
@@ -405,7 +461,7 @@ class VectorSearchChunkStore:
     def _filters(self, filter: Filter | None) -> dict[str, Any] | None:
         if filter is None or filter.empty:
             return None
-        result: dict[str, Any] = {}
+        result: dict[str, Any] = dict(self._access_filter(filter))
         for key, value in filter.equals.items():
             result[self.config.column(key) if key in DEFAULT_COLUMNS else key] = value
         for key, values in filter.any_of.items():
@@ -426,8 +482,9 @@ class VectorSearchChunkStore:
         self._writable()
         batch: list[str] = []
         size = 2
+        labelled = self.access_column is not None  # an index created before the column: rows without it
         for cid, text, meta, vector in zip(ids, texts, metadatas, vectors, strict=True):
-            row = json.dumps(self._row(cid, text, meta, vector), ensure_ascii=False)
+            row = json.dumps(self._row(cid, text, meta, vector, labelled=labelled), ensure_ascii=False)
             if batch and (len(batch) >= UPSERT_ROWS or size + len(row) + 1 > UPSERT_BYTES):
                 self._upsert(batch, size)
                 batch, size = [], 2
@@ -436,7 +493,8 @@ class VectorSearchChunkStore:
         if batch:
             self._upsert(batch, size)
 
-    def _row(self, cid: str, text: str, meta: Mapping[str, Any], vector: Sequence[float]) -> dict[str, Any]:
+    def _row(self, cid: str, text: str, meta: Mapping[str, Any], vector: Sequence[float], *,
+             labelled: bool = True) -> dict[str, Any]:
         row: dict[str, Any] = {"id": cid, "text": text, "metadata": json.dumps(dict(meta), ensure_ascii=False)}
         for name in METADATA_COLUMNS:
             value = meta.get(name)
@@ -444,6 +502,8 @@ class VectorSearchChunkStore:
                 row[name] = int(value) if _is_number(value) else None
             else:
                 row[name] = "" if value is None else str(value)
+        if labelled:
+            row[ACCESS] = _row_labels(meta)
         row["vector"] = [float(x) for x in (vector.tolist() if hasattr(vector, "tolist") else vector)]
         return row
 
@@ -506,6 +566,29 @@ def _extra_conditions(filter: Filter) -> dict[str, Any]:
         if isinstance(value, Mapping):
             extra.update({k: list(v) if isinstance(v, (list, tuple, set, frozenset)) else v for k, v in value.items()})
     return extra
+
+
+def _labels(value: Any) -> list[str] | None:
+    """A readers column's value as a list of groups (``None``: no value)."""
+    if isinstance(value, str):  # some responses carry arrays as JSON text
+        try:
+            value = json.loads(value) if value.startswith("[") else [value]
+        except ValueError:
+            return None
+    if isinstance(value, (list, tuple)):
+        return [str(label) for label in value if label is not None]
+    return None
+
+
+def _row_labels(meta: Mapping[str, Any]) -> list[str]:
+    """The readers a row is written with: the chunk's ``access`` labels; ``["*"]`` (everyone) for a chunk
+    without any (indexed before access control), so every row in the index is labelled."""
+    labels = meta.get(ACCESS)
+    if isinstance(labels, str):
+        labels = [labels]
+    if not isinstance(labels, (list, tuple)) or not labels:
+        return ["*"]
+    return [str(label) for label in labels]
 
 
 def _chunks(rows: list[dict[str, Any]], texts: bool, metadatas: bool, vectors: bool) -> Chunks:
@@ -580,6 +663,9 @@ def open_vector_store(client: Any, config: VectorSearchConfig, embeddings: Any, 
                 hint="use the embedding model the index was built with, or another KB_VS_INDEX")
     if kind == "DIRECT_ACCESS":
         _check_schema(store, info)
+        if create and not config.read_only and store.access_column is None:
+            say(f"Vector Search index {store.index} has no '{ACCESS}' column: access control needs "
+                "'kb ingest --rebuild' (it recreates the index with the column) or a new KB_VS_INDEX")
     return store
 
 
@@ -688,8 +774,40 @@ def _wait_ready(store: VectorSearchChunkStore, say: Callable[[str], None], sleep
         sleep(store.config.poll_seconds)
 
 
-def delete_all(store: VectorSearchChunkStore) -> int:
-    """Remove every row (``kb ingest --rebuild``): the index stays, its rows go."""
+def delete_all(store: VectorSearchChunkStore, *, notice: Callable[[str], None] | None = None) -> int:
+    """Remove every row (``kb ingest --rebuild``): the index stays, its rows go. A Direct Vector Access
+    index created before kb wrote the readers column is deleted and created again with ``SCHEMA``
+    instead (a schema cannot be altered), so that access control works on it."""
+    store._writable()
+    if store.direct and store.access_column is None:
+        return _recreate(store, notice or (lambda message: None))
     ids = [row["id"] for row in store._scan_rows()]
     store.delete(ids)
     return len(ids)
+
+
+def _recreate(store: VectorSearchChunkStore, say: Callable[[str], None]) -> int:
+    from dataclasses import replace
+
+    info = store.describe(fresh=True)
+    if not store.config.endpoint:  # the index's own endpoint, before anything is deleted
+        store.config = replace(store.config, endpoint=getattr(info, "endpoint_name", None) or None)
+    if not store.config.endpoint:
+        raise UsageError(f"KB_VS_ENDPOINT is not set: it names the Vector Search endpoint to create {store.index} "
+                         "on again", hint="set KB_VS_ENDPOINT")
+    rows = int(getattr(info.status, "indexed_row_count", None) or 0) if info.status else 0
+    say(f"deleting Vector Search index {store.index} to create it again with an '{ACCESS}' column (access control)")
+    store._call("delete the index", store.client.vector_search_indexes.delete_index, store.index)
+    deadline = time.monotonic() + store.config.wait_seconds
+    while True:  # deletion may take a moment: the name is free once the index is gone
+        try:
+            store.describe(fresh=True)
+        except IndexMissingError:
+            break
+        if time.monotonic() > deadline:
+            raise IndexUnusableError(f"Vector Search index {store.index} is still being deleted after "
+                                     f"{store.config.wait_seconds:.0f} s", hint="run 'kb ingest --rebuild' again later")
+        store._sleep(store.config.poll_seconds)
+    _create(store, say)
+    _wait_ready(store, say, store._sleep)
+    return rows
