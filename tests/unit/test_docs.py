@@ -61,6 +61,16 @@ def test_every_link_resolves(page: Path) -> None:
     assert not broken, f"{page.name}: " + "; ".join(broken)
 
 
+def test_every_file_path_mentioned_exists() -> None:
+    missing = []
+    for page in PAGES:
+        for path in set(re.findall(r"`((?:agent|ingest|tests|bench|eval|knowledge)/[\w/.-]+\.(?:py|jsonl|md|js|css|html))`",
+                                   page.read_text("utf-8"))):
+            if not (REPO / path).exists():
+                missing.append(f"{page.name}: {path}")
+    assert not missing, "paths named in the docs that do not exist: " + ", ".join(sorted(missing))
+
+
 def test_every_setting_is_documented_and_every_documented_setting_exists() -> None:
     configuration = (REPO / "docs" / "configuration.md").read_text("utf-8")
     missing = [name for name in ENV_NAMES.values() if f"`{name}`" not in configuration]
