@@ -1,5 +1,6 @@
 """Errors of the application: the shared hierarchy from ``ingest.errors`` plus configuration errors."""
 
+from agent.observability.logs import redact
 from ingest.errors import *  # noqa: F401,F403  (one hierarchy for the whole project)
 from ingest.errors import KbError
 
@@ -18,6 +19,5 @@ def public_message(exc: BaseException | str) -> str:
     ``Authorization`` header or token back: every surface (the CLI's ``error:`` line and its
     ``--json`` output, ``kb chat``, the API's ``error.message``) goes through here.
     """
-    from agent.observability.logs import redact
 
     return redact(" ".join(str(exc).split()))

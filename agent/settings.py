@@ -17,6 +17,9 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.errors import ConfigError
+from agent.observability.logs import register_secret
+from agent.usage.context import validate_configured
+from ingest.access import AccessRulesError, parse_groups
 
 DEFAULT_CHAT_ENDPOINT = "databricks-meta-llama-3-3-70b-instruct"
 DEFAULT_EMBEDDING_ENDPOINT = "databricks-gte-large-en"
@@ -97,6 +100,8 @@ class Settings(BaseSettings):
     vs_read_only: bool = Field(False, validation_alias=_env("KB_VS_READ_ONLY"))
     vs_columns: dict[str, str] = Field(default_factory=dict, validation_alias=_env("KB_VS_COLUMNS"))
     max_file_mb: float = Field(50.0, gt=0, le=100_000, validation_alias=_env("KB_MAX_FILE_MB"))
+    # Uploads from the web page by 'writer' keys (agent/api/documents.py); unset: <KB_KNOWLEDGE_DIR>/uploads.
+    upload_dir: Path | None = Field(None, validation_alias=_env("KB_UPLOAD_DIR"))
     embedding_batch: int = Field(64, ge=1, le=2048, validation_alias=_env("KB_EMBEDDING_BATCH"))
     embedding_concurrency: int = Field(4, ge=1, le=64, validation_alias=_env("KB_EMBEDDING_CONCURRENCY"))
     # Hostile input (ingest/): per-file chunk cap, per-file parse limits (time, memory).
@@ -129,8 +134,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be a JSON object of string to string ({exc.msg})") from None
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of string to string")
-        from agent.usage.context import validate_configured  # limits: see agent/usage_context.py
-
         return validate_configured(value)
 
     @field_validator("api_key_groups", mode="before")
@@ -139,8 +142,6 @@ class Settings(BaseSettings):
         """``name:key:hr|legal`` -> {name: {"hr", "legal"}}; no third field -> no group (public only)."""
         if not isinstance(value, str):
             return value
-        from ingest.access import AccessRulesError, parse_groups
-
         groups: dict[str, frozenset[str]] = {}
         for position, entry in enumerate((e.strip() for e in value.split(",")), 1):
             if not entry:
@@ -158,8 +159,6 @@ class Settings(BaseSettings):
     def _parse_as_groups(cls, value: Any) -> Any:
         if value is None or not isinstance(value, str):
             return value
-        from ingest.access import AccessRulesError, parse_groups
-
         try:
             return parse_groups(value)
         except AccessRulesError as exc:
@@ -228,8 +227,6 @@ class Settings(BaseSettings):
     def _secret_blank_or_masked(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        from agent.observability.logs import register_secret
-
         register_secret(value.get_secret_value().strip())
         return value
 
@@ -276,8 +273,6 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _mask_api_keys_in_logs(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        from agent.observability.logs import register_secret
-
         for key in value.values():
             register_secret(key.get_secret_value() if isinstance(key, SecretStr) else str(key))
         return value
@@ -286,8 +281,6 @@ class Settings(BaseSettings):
     @classmethod
     def _mask_token_in_logs(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip():
-            from agent.observability.logs import register_secret
-
             register_secret(value.get_secret_value().strip())
         return value
 

@@ -20,8 +20,19 @@ class KbError(Exception):
         super().__init__(message if not hint else f"{message} ({hint})")
 
     def __str__(self) -> str:  # one line, always
-        text = self.message if not self.hint else f"{self.message}. {self.hint}"
-        return " ".join(text.split())
+        return " ".join(join_hint(self.message, self.hint).split())
+
+
+def join_hint(message: str, hint: str | None) -> str:
+    """``message; hint``, whatever the message ends with: "... (401: Invalid access token.); check the
+    credentials", "the index is missing; run 'kb ingest'" (a final ``.``, ``;`` or ``,`` of the
+    message is dropped first; a ``)`` or ``?`` stays)."""
+    message = (message or "").rstrip()
+    if not hint or not hint.strip():
+        return message
+    if message.endswith((".", ";", ",")) and not message.endswith("..."):
+        message = message[:-1].rstrip()
+    return f"{message}; {hint.strip()}" if message else hint.strip()
 
 
 class UsageError(KbError):

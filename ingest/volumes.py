@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingest.documents import SourceFile, Skipped
-from ingest.errors import UsageError
+from ingest.errors import RemoteError, UsageError
 from ingest.loaders import Discovery, Scope, ignored, loader_for, report_name
 from ingest.textio import size_cap_reason
 
@@ -286,8 +286,6 @@ def _reason(exc: BaseException) -> str:
 
 
 def _remote_error(path: str, exc: BaseException) -> Exception:
-    from ingest.errors import RemoteError
-
     return RemoteError(f"cannot read {path} through the Files API ({_reason(exc)})",
                        hint="check DATABRICKS_HOST, your access to the volume (READ VOLUME) and the network")
 

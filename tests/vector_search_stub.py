@@ -3,11 +3,14 @@ so that the real databricks-sdk ``WorkspaceClient`` talks to it (paths and bodie
 ``databricks/sdk/service/vectorsearch.py`` and ``files.py``). Stdlib only; TCP_NODELAY; bearer token auth.
 
 Vector Search: ``/api/2.0/vector-search/endpoints`` (create, get), ``/api/2.0/vector-search/indexes``
-(create, get), ``.../upsert-data`` (``inputs_json``), ``.../delete-data`` (``primary_keys`` in the query
+(create, get, delete), ``.../upsert-data`` (``inputs_json``), ``.../delete-data`` (``primary_keys`` in the query
 string), ``.../query`` (``query_vector``/``query_text``/``query_type`` ANN|HYBRID|FULL_TEXT/``filters_json``/
 ``num_results``/``columns``; results in ``manifest.columns`` + ``result.data_array`` with ``score`` last,
 ``next_page_token`` past ``query_page`` rows), ``.../query-next-page``, ``.../scan`` (``last_primary_key``,
 rows as ``Struct`` fields). ANN is exact, scored ``1 / (1 + L2^2)`` like the service's L2 indexes.
+Filters (standard endpoints' dictionary): ``{"col": v}`` equals, ``{"col": [v, w]}`` any of, ``"col NOT"``;
+on an array column (``ARRAY<STRING>``: a list in the row) a value means "contains it" and a list
+"contains any of them"; rows are filtered before ranking, so ``num_results`` rows that match come back.
 Errors are ``{"error_code", "message"}`` with the documented status; ``throttle()`` / ``fail()`` script
 429s (with ``Retry-After``) and 5xx. Limits enforced: ``max_upsert_rows``, ``max_upsert_bytes``,
 ``max_delete_keys``, ``max_scan``, ``max_results``.
@@ -130,6 +133,7 @@ class VectorSearchStub:
         self.max_results = 10_000
         self.full_text = True  # False: FULL_TEXT and HYBRID answer 400 like an index without them
         self.forbid_create = False  # the principal may not create endpoints or indexes
+        self.deleted_indexes: list[str] = []
         self._pages: dict[str, tuple[list, list]] = {}  # next_page_token -> (columns, rows left)
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -269,6 +273,10 @@ class VectorSearchStub:
             return _err(404, "RESOURCE_DOES_NOT_EXIST", f"Index {name} does not exist.")
         if method == "GET" and not action:
             return 200, self._index_json(index), {}
+        if method == "DELETE" and not action:
+            del self.indexes[name]
+            self.deleted_indexes.append(name)
+            return 200, {}, {}
         if method == "POST" and action == "upsert-data":
             return self._upsert(index, body)
         if method == "DELETE" and action == "delete-data":
@@ -345,14 +353,16 @@ class VectorSearchStub:
         for key, wanted in filters.items():
             column, _, op = key.partition(" ")
             value = row.get(column)
+            options = wanted if isinstance(wanted, list) else [wanted]
+            if isinstance(value, list):  # an array column: contains (any of) the values
+                hit = any(v in value for v in options)
+            else:
+                hit = value in options
             if op.upper() == "NOT":
-                if (value in wanted) if isinstance(wanted, list) else value == wanted:
+                if hit:
                     return False
             elif op == "":
-                if isinstance(wanted, list):
-                    if value not in wanted:
-                        return False
-                elif value != wanted:
+                if not hit:
                     return False
             else:
                 raise ValueError(f"unsupported filter operator {op!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import Request
 
 from agent.api.errors import ApiError
+from ingest.access import MAX_RULES_BYTES, AccessRulesError, parse_groups
 
 ANONYMOUS = "anonymous"
 log = logging.getLogger("kb.api")
@@ -78,6 +79,16 @@ def caller_groups(request: Request, name: str) -> frozenset[str]:
     return frozenset(getattr(settings, "api_key_groups", {}).get(name, frozenset()))
 
 
+WRITER_GROUP = "writer"
+
+
+def is_writer(request: Request) -> bool:
+    """May this caller add documents (``POST /api/documents``)? Those with the group ``writer``: a
+    key's third field (``name:key:writer`` or ``name:key:hr|writer``), or a forwarded user that
+    ``KB_ACCESS_USERS`` maps to it."""
+    return WRITER_GROUP in getattr(request.state, "groups", frozenset())
+
+
 _USERS: dict[str, tuple[float, int, dict[str, frozenset[str]]]] = {}
 
 
@@ -88,7 +99,6 @@ def user_groups(settings: object) -> dict[str, frozenset[str]]:
     path = getattr(settings, "access_users", None)
     if not path:
         return {}
-    from ingest.access import MAX_RULES_BYTES, AccessRulesError, parse_groups
 
     key = str(path)
     try:

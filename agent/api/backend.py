@@ -30,7 +30,10 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.documents import Document
 
+from agent.databricks.llm import build_llm
+from agent.databricks.transport import async_client
 from agent.errors import KbError
+from agent.rag.retrieval import build_retriever
 from agent.rag.service import AnswerService
 from agent.settings import Settings
 
@@ -71,8 +74,6 @@ class ModelCache:
         if self._retriever is None:
             with self._retriever_lock:
                 if self._retriever is None:
-                    from agent.rag.retrieval import build_retriever
-
                     self._retriever = build_retriever(self.settings, command="serve", groups=NO_GROUPS)
         return self._retriever
 
@@ -152,8 +153,6 @@ class ModelCache:
         if loop is not self._loop:  # connections belong to a loop; a new loop gets new ones
             self._loop, self._entries = loop, {}
             if self._llm_override is None:
-                from agent.databricks.transport import async_client
-
                 self._http = async_client(self.settings)
         key: ModelKey = (caller, model, tuple(sorted((overrides or {}).items())), tuple(sorted(groups)))
         entry = self._entries.get(key)
@@ -164,8 +163,6 @@ class ModelCache:
         return entry
 
     def _build_llm(self, caller: str, model: str, overrides: dict[str, Any] | None) -> Any:
-        from agent.databricks.llm import build_llm
-
         llm = build_llm(
             self.settings, command="serve", usage_extra={"caller": caller, "model": model},
             http_async_client=self._http, **(overrides or {}),
@@ -198,7 +195,7 @@ class ModelCache:
         def assistant() -> Any:
             with self._assistant_lock:
                 if entry.assistant is None:
-                    from agent.assistant.service import build_assistant
+                    from agent.assistant.service import build_assistant  # heavy: langchain agents + langgraph, kb-agent only
 
                     entry.assistant = build_assistant(self.settings, llm=entry.llm, retriever=self.retriever(),
                                                       groups=frozenset(groups))

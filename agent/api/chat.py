@@ -4,8 +4,10 @@ Streaming follows OpenAI's SSE format: a role chunk, content chunks, a final chu
 ``finish_reason``, then ``data: [DONE]``. ``sources`` (and ``usage``) ride on the last chunk; with
 ``stream_options.include_usage`` they come, as OpenAI does, in an extra chunk with empty ``choices``.
 
-The response starts only once the answer's first token is there, so a failure before it
-(Databricks down, no index, bad token...) gets a proper HTTP status and an OpenAI-shaped error body.
+The response starts only once the answer's first token (kb-agent: its first tool call) is there, so a
+failure before it (Databricks down, no index, bad token...) gets a proper HTTP status and an
+OpenAI-shaped error body. kb-agent's tool calls and results then stream as they happen, each as an
+extra chunk with an empty delta and a ``step`` key (``step_json``), which OpenAI clients ignore.
 A failure after it ends the stream with an error event (``data: {"error": {...}}``), which the
 ``openai`` client raises as ``APIError``.
 """
@@ -116,12 +118,12 @@ async def chat_completions(body: ChatRequest, request: Request, caller: str = De
         if done.steps is not None:
             payload["steps"] = done.steps
         return JSONResponse(payload)
-    # Wait for the first token (or the end) so that early failures get a real status code.
+    # Wait for the first token or tool call (or the end) so that early failures get a real status code.
     early: list[tuple[str, Any]] = []
     try:
         async for kind, value in run:
             early.append((kind, value))
-            if kind in ("token", "done"):
+            if kind in ("token", "step", "done"):
                 break
     except BaseException:
         run.close()
@@ -141,6 +143,8 @@ async def _sse(run: AnswerRun, early: list, cid: str, model: str, include_usage:
         async for kind, value in _chain(early, run):
             if kind == "token" and value:
                 yield event(chunk_json(cid, model, created, {"content": value}))
+            elif kind == "step" and value.get("type") in ("tool_call", "tool_result"):
+                yield event({**chunk_json(cid, model, created, {}), "step": step_json(value)})
             elif kind == "done":
                 yield _final(event, cid, model, created, value, include_usage)
                 yield b"data: [DONE]\n\n"
@@ -152,6 +156,14 @@ async def _sse(run: AnswerRun, early: list, cid: str, model: str, include_usage:
     except Exception:
         log.exception("stream for %s failed", model)
         yield event(ApiError(500, "internal error; the server log has the details", code="internal_error").body())
+
+
+def step_json(event: dict[str, Any]) -> dict[str, Any]:
+    """A kb-agent event (``agent.assistant.service.run_assistant``) as a stream chunk's ``step``:
+    ``{"type": "tool_call"|"tool_result", "id", "tool", "args", "summary", "error"}`` (a result's
+    ``id`` is its call's)."""
+    return {"type": event.get("type"), "id": event.get("id"), "tool": event.get("name"),
+            "args": event.get("args"), "summary": event.get("summary"), "error": bool(event.get("error"))}
 
 
 def _final(event, cid: str, model: str, created: int, done: Answer, include_usage: bool) -> bytes:

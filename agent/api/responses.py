@@ -44,6 +44,7 @@ from agent.api.errors import ApiError, from_kb_error
 from agent.api.runs import AnswerRun
 from agent.api.schemas import ChatRequest, openai_usage
 from agent.api.sources import chat_sources
+from agent.deploy.messages import InputError, text_messages
 from agent.errors import KbError
 from agent.rag.answer import Answer
 
@@ -83,7 +84,6 @@ class ResponsesRequest(BaseModel):
 
 def chat_request(body: ResponsesRequest, max_items: int) -> ChatRequest:
     """The chat route's request for this Responses request, or ApiError 400."""
-    from agent.deploy.messages import InputError, text_messages
 
     if body.previous_response_id:
         raise ApiError(400, "previous_response_id is not supported: kb keeps no responses; send the conversation "

@@ -16,11 +16,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from agent.api import documents
-from agent.api.auth import require_caller
+from agent.api.auth import is_writer, require_caller
 from agent.api.backend import ModelCache
 from agent.api.errors import ApiError, for_callers
-from agent.api.runs import rag_run
+from agent.api.runs import audit_sources, rag_run
 from agent.api.schemas import MODELS, AskRequest, SearchRequest, model_json
+from agent.rag.retrieval import search_json
+from agent.usage.tokens import UNKNOWN
 
 log = logging.getLogger("kb.api")
 public = APIRouter()
@@ -34,8 +36,6 @@ def _backend(request: Request) -> ModelCache:
 def _audit(request: Request, surface: str, sources: list[str]) -> None:
     """One audit row (caller, groups, surface, sources shown), written off the event loop."""
     import asyncio
-
-    from agent.api.runs import audit_sources
 
     asyncio.get_running_loop().run_in_executor(
         None, audit_sources, _backend(request), request.state.caller, surface, request.state.groups, sources)
@@ -109,8 +109,6 @@ async def get_model(model: str) -> dict[str, Any]:
 
 @private.post("/api/search")
 async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
-    from agent.rag.retrieval import search_json
-
     backend = _backend(request)
     query = _check_length(body.query, request, "query")
     slot = request.app.state.gate.acquire()
@@ -124,9 +122,6 @@ async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
 
 @private.post("/api/ask")
 async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
-    from agent.rag.retrieval import search_json
-    from agent.usage.tokens import UNKNOWN
-
     models = _backend(request)
     question = _check_length(body.question, request, "question")
     k = body.k or models.settings.top_k
@@ -160,8 +155,37 @@ async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
 
 @private.get("/api/documents")
 async def list_documents(request: Request) -> dict[str, Any]:
-    found = await run_in_threadpool(documents.list_documents, _backend(request).settings, request.state.groups)
-    return {"documents": found}
+    settings = _backend(request).settings
+    found = await run_in_threadpool(documents.list_documents, settings, request.state.groups)
+    writer = is_writer(request)
+    return {"documents": found, "can_upload": writer, "upload_limit": documents.upload_limit(settings) if writer else None}
+
+
+@private.post("/api/documents")
+async def upload_document(request: Request) -> dict[str, Any]:
+    """A writer adds one file (multipart, part ``file``): stored in the upload folder and indexed
+    (``agent.api.documents.save_upload``); others get 403."""
+    if not is_writer(request):
+        raise ApiError(403, "only writers may add documents: ask for a key with the 'writer' group",
+                       code="forbidden")
+    settings = _backend(request).settings
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "send the file as multipart/form-data in a part named 'file'", code="invalid_request")
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except Exception as exc:  # malformed multipart, too many parts (Starlette's MultiPartException / HTTPException)
+        raise ApiError(400, f"the upload could not be read: {getattr(exc, 'detail', None) or 'malformed multipart body'}",
+                       code="invalid_request") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "no file: send it in a multipart part named 'file'", code="invalid_request", param="file")
+        data = await upload.read(documents.upload_limit(settings) + 1)
+        result = await run_in_threadpool(documents.save_upload, settings, upload.filename or "", data)
+    finally:
+        await form.close()
+    _audit(request, "api/documents upload", [result["source"]])
+    return result
 
 
 @private.get("/api/documents/{source:path}")

@@ -25,6 +25,7 @@ from typing import Any
 from agent.api.backend import ModelCache
 from agent.rag.answer import Answer
 from agent.rag.failures import translate_failures
+from agent.usage.ledger import open_ledger
 
 Event = tuple[str, Any]
 
@@ -121,7 +122,6 @@ def answer_sources(answer: Answer) -> list[str]:
 
 def audit_sources(models: ModelCache, caller: str, surface: str, groups: frozenset[str], sources: list[str]) -> None:
     """One audit row in the usage ledger (``agent.usage.ledger``; none when it is turned off)."""
-    from agent.usage.ledger import open_ledger
 
     ledger = open_ledger(models.settings)
     if ledger is not None:
@@ -144,7 +144,7 @@ def agent_run(
 ) -> AnswerRun:
     """kb-agent: ``run_assistant`` in a worker thread; its events come to the loop. Its tools search,
     list and read only what ``groups`` may read."""
-    from agent.assistant.service import run_assistant
+    from agent.assistant.service import run_assistant  # heavy: langchain agents + langgraph, kb-agent only
 
     settings = models.settings
     assistant = models.assistant_factory(caller, overrides, groups)

@@ -12,7 +12,10 @@ import os
 import socket
 import sys
 
+from agent.api import create_app
 from agent.errors import UsageError
+from agent.observability.logs import configure_logging
+from agent.observability.tracing import configure_tracing
 from agent.settings import Settings, load_settings
 
 SHORT_KEY = 32  # characters; shorter keys get a warning at start (docs/api.md says the same)
@@ -88,10 +91,6 @@ def check_port(host: str, port: int) -> None:
 
 def app_from_env():
     """Factory for uvicorn workers (``--workers N``): each process reads the same environment."""
-    from agent.api import create_app
-    from agent.observability.logs import configure_logging
-
-    from agent.observability.tracing import configure_tracing
 
     configure_logging(verbose=os.environ.get("KB_SERVE_VERBOSE") == "1", json_format=os.environ.get("KB_SERVE_LOG_JSON") == "1")
     settings = load_settings()
@@ -127,7 +126,6 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, w
         os.environ["KB_SERVE_LOG_JSON"] = "1" if any(type(h.formatter).__name__ == "JsonFormatter" for h in root.handlers) else "0"
         uvicorn.run("agent.api.server:app_from_env", factory=True, workers=workers, **common)
         return
-    from agent.api import create_app
 
     uvicorn.run(create_app(settings), **common)
 

@@ -33,12 +33,14 @@ from langchain_core.messages import (
     convert_to_messages,
 )
 
-from agent.rag.history import fit_history, is_context_overflow
-from agent.rag.prompts import AGENT_SYSTEM, CALLER_INSTRUCTIONS, STEP_LIMIT_MESSAGE
+from agent.assistant.tools import AssistantContext, KnowledgeBase, SourceRegistry, build_tools, public_ref
 from agent.rag.answer import Answer
 from agent.rag.failures import translate_failures
+from agent.rag.history import fit_history, is_context_overflow
+from agent.rag.prompts import AGENT_SYSTEM, CALLER_INSTRUCTIONS, STEP_LIMIT_MESSAGE
+from agent.rag.retrieval import build_retriever
 from agent.settings import Settings, load_settings
-from agent.assistant.tools import AssistantContext, KnowledgeBase, SourceRegistry, build_tools, public_ref
+from agent.usage.tokens import collect_usage
 
 # Graph supersteps per agent step: the model node, this module's after-model check, the tools node.
 SUPERSTEPS_PER_STEP = 3
@@ -142,8 +144,6 @@ def build_assistant(
     """
     settings = settings or load_settings()
     if retriever is None:
-        from agent.rag.retrieval import build_retriever
-
         retriever = build_retriever(settings, command="agent")
     if llm is None:
         from agent.databricks.llm import build_llm
@@ -208,8 +208,6 @@ def run_assistant(
       partial text), through the same ``translate_failures`` as the answer service.
     """
     from langgraph.errors import GraphRecursionError
-
-    from agent.usage.tokens import collect_usage
 
     started = time.perf_counter()
     new_messages = _as_messages(messages)

@@ -45,12 +45,16 @@ from agent.assistant.calculator import (  # noqa: F401 - the bounded evaluator a
     format_number,
 )
 from agent.assistant.calculator import calculate as calculate_in_worker
+from agent.rag.chain import cited_numbers
 from agent.rag.prompts import (
     TOOL_DESCRIPTIONS,
     format_document,
     format_document_list,
     format_numbered_passages,
 )
+from ingest.access import can_read
+from ingest.loaders import SkipFile, SourceFile, load
+from ingest.sync.records import Records
 
 MAX_K = 20
 MAX_DOCUMENT_CHARS = 20_000  # per read_document call; the model pages on with ``start``
@@ -106,7 +110,6 @@ class SourceRegistry:
 
     def cited(self, answer: str) -> list[dict[str, Any]]:
         """The sources an answer cites as ``[n]``: ``[{"n", "source", "title", ...}]``, unknown numbers ignored."""
-        from agent.rag.chain import cited_numbers
 
         sources = []
         for n in cited_numbers(answer):
@@ -158,8 +161,6 @@ class KnowledgeBase:
     def documents(self) -> list[dict[str, Any]]:
         """``[{"root", "source", "title", "chunks", "access"}]`` of the index's active collection that
         ``groups`` may read, from the ingest records; [] when nothing is indexed."""
-        from ingest.access import can_read
-        from ingest.sync.records import Records
 
         if not (Path(self.index_dir) / "records.sqlite").is_file():
             return []
@@ -269,8 +270,6 @@ def build_tools(kb: KnowledgeBase) -> list[BaseTool]:
         runtime: ToolRuntime,
         start: Annotated[int, Field(description="Character offset to start from (0 for the beginning).")] = 0,
     ) -> tuple[str, dict[str, Any]]:
-        from ingest.loaders import SkipFile, SourceFile, load
-
         record, real = resolve_document(kb, source)
         size = real.stat().st_size
         if size > MAX_DOCUMENT_BYTES:

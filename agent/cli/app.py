@@ -17,7 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent import __version__
+from agent.cli.status import Status, stop_all
+from agent.errors import IngestError, KbError, StreamInterruptedError, UsageError, public_message  # public_message: secrets masked
+from agent.observability.logs import configure_logging
+from agent.observability.tracing import traced_command  # MLflow only when KB_MLFLOW_TRACKING_URI is set
 from agent.terminal import clean, literal, markup
+from ingest.store.folder import check_index_dir
 
 app = typer.Typer(
     name="kb",
@@ -34,9 +39,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    from agent.cli.status import stop_all
-    from agent.errors import public_message  # secrets masked, even when an upstream body echoed one
-
     stop_all()  # a status line is erased before the error line
     err.print(f"[bold red]error:[/] {markup(public_message(exc), line=True)}")
     return typer.Exit(getattr(exc, "exit_code", 1))
@@ -47,23 +49,16 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from agent.errors import KbError
-        from agent.observability.tracing import traced_command  # MLflow only when KB_MLFLOW_TRACKING_URI is set
-
         try:
             with traced_command(command.__name__.rstrip("_")):
                 return command(*args, **kwargs)
         except KbError as exc:
             raise _fail(exc) from None
         except KeyboardInterrupt:
-            from agent.cli.status import stop_all
-
             stop_all()
             err.print("interrupted")
             raise typer.Exit(130) from None
         finally:
-            from agent.cli.status import stop_all
-
             stop_all()
 
     return wrapper
@@ -86,8 +81,6 @@ def _main(
     log_json: Annotated[bool, typer.Option("--log-json", help="Write logs as JSON lines (secrets redacted).")] = False,
 ) -> None:
     """kb: answers over internal documents with a Databricks-served LLM."""
-    from agent.observability.logs import configure_logging
-
     _AS_GROUPS[0] = None
     configure_logging(verbose=verbose, json_format=log_json)
 
@@ -122,7 +115,7 @@ def _use_profile(profile: str | None) -> None:
 
 
 def _settings():
-    from agent.settings import load_settings
+    from agent.settings import load_settings  # heavy: pydantic-settings
 
     return load_settings(as_groups=_AS_GROUPS[0]) if _AS_GROUPS[0] is not None else load_settings()
 
@@ -149,17 +142,15 @@ def ingest(
     Databricks source) and source code; other files are skipped and reported.
     """
     _use_profile(profile)
-    from agent.errors import IngestError
-    from agent.rag.retrieval import build_embeddings
-    from ingest.store.folder import check_index_dir
-    from ingest.sync.isolation import ParseLimits
-    from ingest.sync.job import ingest as run_ingest
+    from agent.rag.retrieval import build_embeddings  # heavy: langchain_core
+    from ingest.sync.isolation import ParseLimits  # heavy: the format parsers' registry (~50 ms)
+    from ingest.sync.job import ingest as run_ingest  # heavy: numpy, the Chroma adapter
 
     settings = _settings()
     targets = paths or [settings.knowledge_dir]
     _check_targets(targets)  # a missing path: one line, and no empty index folder left behind
     check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
-    from agent.databricks.workspace import vector_search_config, workspace_client
+    from agent.databricks.workspace import vector_search_config, workspace_client  # heavy: pydantic-settings
 
     vector_search = vector_search_config(settings)  # KB_VECTOR_STORE=databricks: a missing KB_VS_* fails here
     embeddings = None if dry_run else build_embeddings(settings, command="ingest")
@@ -255,7 +246,7 @@ def _absolute(path: Path | str) -> str:
     """A path as messages name it: absolute (a volume path as given)."""
     import os
 
-    from ingest.volumes import volume_path
+    from ingest.volumes import volume_path  # heavy: ~40 ms of stdlib (email, zipfile, csv)
 
     return str(path) if volume_path(path) else os.path.abspath(os.path.expanduser(str(path)))
 
@@ -263,8 +254,7 @@ def _absolute(path: Path | str) -> str:
 def _check_targets(targets: list[Path]) -> None:
     """A local path that does not exist: one ``UsageError`` naming it absolutely, before anything is
     created (volume paths are checked by the ingest, against the workspace)."""
-    from agent.errors import UsageError
-    from ingest.volumes import volume_path
+    from ingest.volumes import volume_path  # heavy: ~40 ms of stdlib (email, zipfile, csv)
 
     for target in targets:
         if volume_path(target) is None and not Path(target).expanduser().exists():
@@ -299,7 +289,7 @@ def search(
     """Find the passages closest to QUERY. Needs no LLM and no network."""
     _use_profile(profile)
     _use_groups(as_groups)
-    from agent.rag.retrieval import build_retriever, search_json
+    from agent.rag.retrieval import build_retriever, search_json  # heavy: langchain_core
 
     settings = _settings()
     retriever = build_retriever(settings, k=k, mode=mode)
@@ -313,7 +303,7 @@ def search(
 
 def _print_explain(documents: list[Any], explain: bool) -> None:
     if explain and documents:
-        from agent.cli.explain import explain_table
+        from agent.cli.explain import explain_table  # heavy: decimal + a Rich table (~5 ms), --explain only
 
         out.print(explain_table(documents))
 
@@ -352,14 +342,11 @@ def ask(
     """Answer QUESTION from the indexed documents with numbered citations, streamed."""
     _use_profile(profile)
     _use_groups(as_groups)
-    from agent.cli.status import Status
-
     status = Status(err, enabled=not as_json)  # a terminal's sign of life, before the heavy imports
     status.show("searching…")
-    from agent.errors import StreamInterruptedError, public_message
-    from agent.rag.answer import Answer
-    from agent.rag.service import AnswerService
+    from agent.rag.answer import Answer  # heavy: langchain_core (these four)
     from agent.rag.retrieval import build_retriever, search_json
+    from agent.rag.service import AnswerService
     from agent.usage.tokens import UNKNOWN
 
     settings = _settings()
@@ -414,7 +401,7 @@ def ask(
         if closest:
             out.print(f"[dim]closest passages: {markup(closest, line=True)}[/]")
         return
-    from agent.cli.repl import sources_lines
+    from agent.cli.repl import sources_lines  # heavy: langchain_core, langchain_openai
 
     for line in sources_lines(result.sources, result.text):  # "Sources", or what the citations lack
         out.print(line)
@@ -442,12 +429,10 @@ def chat(
     """Chat with the documents: follow-up questions, streamed cited answers; /sources /reset /exit."""
     _use_profile(profile)
     _use_groups(as_groups)
-    from agent.cli.status import Status
-
     status = Status(err)  # "loading…" until the prompt (stderr terminals only)
     status.show("loading…")
-    from agent.rag.history import check_session_name
-    from agent.cli.repl import Terminal, chat_repl
+    from agent.cli.repl import Terminal, chat_repl  # heavy: langchain_core, langchain_openai
+    from agent.rag.history import check_session_name  # heavy: langchain_core
 
     settings = _settings()
     if session is not None:
@@ -468,11 +453,9 @@ def agent(
     """Let the assistant search, read and calculate over the documents; shows each tool call, then the cited answer."""
     _use_profile(profile)
     _use_groups(as_groups)
-    from agent.cli.status import Status
-
     status = Status(err, enabled=not as_json)  # a terminal's sign of life, before the heavy imports
     status.show("thinking…")
-    from agent.cli.repl import Terminal, run_agent_task
+    from agent.cli.repl import Terminal, run_agent_task  # heavy: langchain_core, langchain_openai
 
     code = run_agent_task(_settings(), task, as_json=as_json, term=Terminal(out, err, interactive=False, status=status))
     if code:
@@ -497,7 +480,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (OpenAI-compatible /v1/chat/completions, /api/search, /api/ask) and the chat page at /."""
     _use_profile(profile)
-    from agent.api.server import check_bind, serve as run_server
+    from agent.api.server import check_bind, serve as run_server  # heavy: fastapi, uvicorn
 
     settings = _settings()
     check_bind(settings, host, insecure)
@@ -526,8 +509,8 @@ def eval_(
     """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode) and optionally answers on a gold set."""
     _use_profile(profile)
     _use_groups(as_groups)
-    from agent.evaluation.report import print_report
-    from agent.evaluation.evaluate import EvalThresholdError, failed_checks_message, run_eval
+    from agent.evaluation.evaluate import EvalThresholdError, failed_checks_message, run_eval  # heavy: langchain_core
+    from agent.evaluation.report import print_report  # heavy: decimal + Rich tables (~9 ms)
 
     settings = _settings()
     with _progress(enabled=not as_json, label="evaluating questions") as progress:
@@ -554,13 +537,11 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Model calls recorded in the local usage ledger: requests, tokens, latency p50/p95."""
-    from agent.usage.ledger import ledger_path, open_ledger
-    from agent.usage.report import GROUPINGS, parse_since, report_json, usage_table
+    from agent.usage.ledger import ledger_path, open_ledger  # heavy: langchain_core
+    from agent.usage.report import GROUPINGS, parse_since, report_json, usage_table  # heavy: ~4 ms of kb --help for one command
 
     settings = _settings()
     if by not in GROUPINGS:
-        from agent.errors import UsageError
-
         raise UsageError(f"invalid --by '{by}': use one of {', '.join(GROUPINGS)}")
     start = parse_since(since)
     ledger = open_ledger(settings)
@@ -590,8 +571,7 @@ def doctor(
     """Check settings, authentication, the workspace, the endpoints, a chat call, the index, the ledger
     and tracing, in that order; print a fix for each failure. Exit 0 when all pass, 1 otherwise."""
     _use_profile(profile)
-    from agent.databricks.doctor import run_doctor
-    from agent.errors import public_message
+    from agent.databricks.doctor import run_doctor  # heavy: langchain_openai, databricks-sdk
 
     ok, checks = run_doctor()
     if as_json:
@@ -624,8 +604,7 @@ def deploy_app(
     ] = None,
 ) -> None:
     """Write what a Databricks App running kb serve needs; deploy it with the databricks CLI (README)."""
-    from agent.deploy.app import write_app
-    from agent.errors import UsageError
+    from agent.deploy.app import write_app  # heavy: pydantic-settings
 
     if not dry_run:
         raise UsageError("only --dry-run is supported: it writes the App's folder; deploy it with "

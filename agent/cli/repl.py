@@ -17,8 +17,12 @@ from typing import Any
 from rich.console import Console
 
 from agent.cli.status import Status
+from agent.databricks.llm import build_llm
 from agent.errors import KbError, StreamInterruptedError, public_message
 from agent.rag.answer import Answer
+from agent.rag.chain import cited_numbers
+from agent.rag.history import close_checkpointer, open_checkpointer
+from agent.rag.retrieval import build_retriever
 from agent.terminal import clean, literal
 from agent.terminal import markup as escape  # untrusted text: markup escaped, control sequences dropped
 
@@ -82,7 +86,6 @@ def print_sources(term: Terminal, sources: list[dict[str, Any]], *, text: str | 
 def sources_lines(sources: list[dict[str, Any]], text: str | None = None) -> list[Any]:
     """The lines after an answer (Rich renderables): ``Sources`` with one line per cited source, or a
     dim note: the answer cites nothing, or cites numbers no passage or document was retrieved under."""
-    from agent.rag.chain import cited_numbers
 
     known = {item.get("n") for item in sources}
     unknown = [n for n in cited_numbers(text or "") if n not in known][:20]
@@ -201,7 +204,7 @@ def agent_event_printer(term: Terminal) -> AgentPrinter:
 
 def run_agent_task(settings: Any, task: str, *, as_json: bool, term: Terminal) -> int:
     """``kb agent TASK``: the exit code (0, or 1 when the step limit stopped it)."""
-    from agent.assistant.service import build_assistant, run_assistant
+    from agent.assistant.service import build_assistant, run_assistant  # heavy: langchain agents + langgraph, kb agent / kb chat --agent only
 
     assistant = build_assistant(settings)
     printer = None if as_json else agent_event_printer(term)
@@ -256,7 +259,7 @@ class ChatSession:
     mode = "chat"
 
     def __init__(self, settings: Any, checkpointer: Any, thread_id: str, retriever: Any) -> None:
-        from agent.rag.conversation import build_chat
+        from agent.rag.conversation import build_chat  # heavy: langgraph, kb chat only (kb ask imports this module)
 
         self.settings = settings
         self.thread_id = thread_id
@@ -270,7 +273,7 @@ class ChatSession:
         return sum(isinstance(m, HumanMessage) for m in self.chat.memory.messages(self.thread_id))
 
     def ask(self, question: str, term: Terminal) -> None:
-        from agent.rag.conversation import run_chat_turn
+        from agent.rag.conversation import run_chat_turn  # heavy: langgraph, kb chat only (kb ask imports this module)
 
         term.status.show("searching…")
         try:
@@ -308,7 +311,7 @@ class AgentSession:
     mode = "agent"
 
     def __init__(self, settings: Any, checkpointer: Any, thread_id: str, retriever: Any) -> None:
-        from agent.assistant.service import build_assistant
+        from agent.assistant.service import build_assistant  # heavy: langchain agents + langgraph, kb agent / kb chat --agent only
 
         self.settings = settings
         self.thread_id = thread_id
@@ -318,7 +321,7 @@ class AgentSession:
     def earlier_turns(self) -> int:
         from langchain_core.messages import AIMessage, HumanMessage
 
-        from agent.assistant.tools import SourceRegistry, public_ref
+        from agent.assistant.tools import SourceRegistry, public_ref  # heavy: langgraph, kb chat --agent only
 
         messages = self.graph.get_state({"configurable": {"thread_id": self.thread_id}}).values.get("messages", [])
         answers = [m for m in messages if isinstance(m, AIMessage) and not m.tool_calls and m.text]
@@ -329,7 +332,7 @@ class AgentSession:
         return sum(isinstance(m, HumanMessage) for m in messages)
 
     def ask(self, question: str, term: Terminal) -> None:
-        from agent.assistant.service import run_assistant
+        from agent.assistant.service import run_assistant  # heavy: langchain agents + langgraph, kb agent / kb chat --agent only
 
         printer = agent_event_printer(term)
         term.status.show("thinking…")
@@ -366,9 +369,6 @@ class AgentSession:
 
 def chat_repl(settings: Any, *, session: str | None, agent: bool, k: int | None, term: Terminal) -> int:
     """``kb chat``: the REPL; returns the exit code."""
-    from agent.rag.history import close_checkpointer, open_checkpointer
-    from agent.databricks.llm import build_llm
-    from agent.rag.retrieval import build_retriever
 
     mode = "agent" if agent else "chat"
     build_llm(settings, command=mode)  # fail now, before any question, when no model is configured

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from agent import __version__
 from agent.databricks.httpx_compat import httpx_module
 from agent.errors import AuthError, ConfigError
 from agent.observability.logs import redact, register_secret
@@ -143,7 +144,6 @@ def sdk_config(settings: Settings) -> Any:
         from databricks.sdk.core import Config
     except ImportError:  # pragma: no cover - a core dependency
         raise ConfigError("databricks-sdk is not installed: pip install databricks-sdk") from None
-    from agent import __version__
 
     host = settings.databricks_host or host_of(settings.base_url)
     values = {

@@ -14,8 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.databricks.auth import connect, sdk_config, sdk_message
+from agent.databricks.llm import build_llm
 from agent.errors import KbError
+from agent.rag.retrieval import build_embeddings
 from agent.settings import Settings, load_settings
+from agent.usage.ledger import ledger_path
+from ingest.errors import describe_remote_failure
+from ingest.store.chroma import model_id_of
+from ingest.store.snapshot import index_summary
 
 CHAT_TASK = "llm/v1/chat"
 EMBEDDINGS_TASK = "llm/v1/embeddings"
@@ -34,8 +41,6 @@ class Check:
 
 
 def _one_line(exc: BaseException) -> str:
-    from agent.databricks.auth import sdk_message
-
     return sdk_message(exc)[:300]
 
 
@@ -94,7 +99,6 @@ class Doctor:
                 "set DATABRICKS_HOST and DATABRICKS_TOKEN, or run `databricks auth login` and set "
                 "DATABRICKS_CONFIG_PROFILE, or set DATABRICKS_CLIENT_ID/DATABRICKS_CLIENT_SECRET",
             )
-        from agent.databricks.auth import connect
 
         try:
             self.connection = connect(self.settings)
@@ -106,8 +110,6 @@ class Doctor:
 
     def _workspace_client(self) -> Any:
         from databricks.sdk import WorkspaceClient
-
-        from agent.databricks.auth import sdk_config
 
         config = self.connection.config
         if config is None:  # the PAT route has no SDK config: make one for the REST checks
@@ -191,8 +193,6 @@ class Doctor:
         name = self.settings.embedding_endpoint
         if not self._check_endpoint(name, "embeddings endpoint", EMBEDDINGS_TASK, "KB_EMBEDDING_ENDPOINT"):
             return
-        from agent.rag.retrieval import build_embeddings
-        from ingest.store.snapshot import index_summary
 
         try:
             dimension = len(build_embeddings(self.settings, command="doctor").embed_query("kb doctor"))
@@ -212,7 +212,6 @@ class Doctor:
             return self._skip("chat call", "needs authentication")
         if self.client is not None and not getattr(self, "chat_ok", False):
             return self._skip("chat call", "needs a READY chat endpoint")
-        from agent.databricks.llm import build_llm
 
         try:
             llm = build_llm(self.settings, command="doctor", max_tokens=8, max_retries=0)
@@ -220,7 +219,6 @@ class Doctor:
             reply = llm.invoke("Reply with the single word OK.")
             latency = (time.perf_counter() - started) * 1000
         except Exception as exc:  # noqa: BLE001
-            from ingest.errors import describe_remote_failure
 
             error = describe_remote_failure(exc, what="chat", endpoint=self.settings.chat_endpoint,
                                             base_url=self.connection.base_url)
@@ -236,9 +234,6 @@ class Doctor:
             return self._skip("index", f"Chroma server at {self.settings.chroma_url} (checked by kb search)")
         if self.settings.vector_store == "databricks":
             return self._skip("index", f"Vector Search index {self.settings.vs_index} (checked by kb search)")
-        from agent.rag.retrieval import build_embeddings
-        from ingest.store.chroma import model_id_of
-        from ingest.store.snapshot import index_summary
 
         where = Path(self.settings.index_dir).resolve()
         index = index_summary(where)
@@ -261,8 +256,6 @@ class Doctor:
         if self.settings is None:
             return self._skip("usage ledger", "needs valid settings")
         import sqlite3
-
-        from agent.usage.ledger import ledger_path
 
         path = ledger_path(self.settings)
         if path is None:

@@ -29,8 +29,12 @@ from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
+from agent.databricks.auth import connect
+from agent.databricks.transport import clients
 from agent.errors import ConfigError
 from agent.settings import Settings
+from agent.usage import context as usage_context
+from agent.usage.ledger import chat_recorder
 
 # Streamed reasoning models send delta.content as a list of blocks; openai's typed delta says str
 # and pydantic warns on every chunk. The list is handled below, so the warning is noise.
@@ -220,7 +224,6 @@ def chat_usage_context(settings: Settings, command: str, extra: dict[str, str] |
     """The ``usage_context`` of every Databricks request (chat and embeddings): automatic keys
     (``command``, ``caller``...) under the user's configured ones (the user's keys win), all values
     strings, within the size limits of ``agent.usage.context``."""
-    from agent.usage import context as usage_context
 
     return usage_context.build(settings.usage_context, command, extra)
 
@@ -230,9 +233,6 @@ def build_llm(settings: Settings, *, command: str = "ask", usage_extra: dict[str
     if not settings.llm_configured:
         missing = " and ".join(settings.missing_llm_settings())
         raise ConfigError(f"no Databricks model configured: set {missing} (see README, Configuration)")
-    from agent.databricks.auth import connect
-    from agent.databricks.transport import clients
-    from agent.usage.ledger import chat_recorder
 
     connection = connect(settings)
     http_client, http_async_client = clients(connection.base_url, auth=connection.auth, timeout=settings.timeout)

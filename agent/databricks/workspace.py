@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.databricks.auth import connect, sdk_config
 from agent.errors import ConfigError
 from agent.settings import Settings
+from ingest.store.vector_search import VectorSearchConfig
 
 
 def workspace_client(settings: Settings) -> Any:
     """A ``WorkspaceClient`` authenticated like chat; ``ConfigError`` naming what is missing."""
     from databricks.sdk import WorkspaceClient
-
-    from agent.databricks.auth import connect, sdk_config
 
     connection = connect(settings)
     config = connection.config
@@ -31,7 +31,6 @@ def vector_search_config(settings: Settings) -> Any:
     or ``None`` when ``KB_VECTOR_STORE`` is ``chroma``."""
     if settings.vector_store != "databricks":
         return None
-    from ingest.store.vector_search import VectorSearchConfig
 
     return VectorSearchConfig(index=settings.vs_index, endpoint=settings.vs_endpoint, read_only=settings.vs_read_only,
                               columns=dict(settings.vs_columns), max_retries=settings.max_retries).checked()

@@ -35,7 +35,12 @@ from mlflow.entities import SpanType
 from mlflow.pyfunc import ResponsesAgent
 from mlflow.types.responses import ResponsesAgentRequest, ResponsesAgentResponse, ResponsesAgentStreamEvent
 
+from agent.databricks.llm import build_llm
 from agent.deploy.messages import text_messages
+from agent.rag.failures import translate_failures
+from agent.rag.retrieval import build_retriever
+from agent.rag.service import AnswerService
+from agent.settings import load_settings
 
 MODELS = ("kb-rag", "kb-agent")
 MAX_CALLERS = 32  # chat models kept, one per caller (usage_context names the caller)
@@ -102,8 +107,6 @@ class KbResponsesAgent(ResponsesAgent):
 
     def settings(self) -> Any:
         if self._settings is None:
-            from agent.settings import load_settings
-
             overrides = dict(self.config.get("settings") or {})
             if self.index_dir:
                 overrides["index_dir"] = self.index_dir
@@ -113,8 +116,6 @@ class KbResponsesAgent(ResponsesAgent):
     def retriever(self) -> Any:
         with self._lock:
             if self._retriever is None:
-                from agent.rag.retrieval import build_retriever
-
                 self._retriever = TracedRetriever(build_retriever(self.settings(), command="endpoint"))
             return self._retriever
 
@@ -133,16 +134,13 @@ class KbResponsesAgent(ResponsesAgent):
     def _build(self, caller: str, overrides: dict[str, Any], retriever: Any) -> Any:
         from mlflow.langchain.langchain_tracer import MlflowLangchainTracer
 
-        from agent.databricks.llm import build_llm
-
         settings = self.settings()
         llm = build_llm(settings, command="endpoint", usage_extra={"caller": caller, "model": self.model}, **overrides)
         tracer = MlflowLangchainTracer()  # the runs' spans (CHAT_MODEL for each model call) in this trace
         if self.model == "kb-agent":
-            from agent.assistant.service import build_assistant
+            from agent.assistant.service import build_assistant  # heavy: langchain agents + langgraph, kb-agent only
 
             return build_assistant(settings, llm=llm, retriever=retriever).with_config(callbacks=[tracer])
-        from agent.rag.service import AnswerService
 
         return AnswerService(settings, llm=llm, retriever=retriever), {"callbacks": [tracer]}
 
@@ -221,8 +219,7 @@ def custom_outputs(answer: Any) -> dict[str, Any]:
 def _assistant_events(assistant: Any, messages: list[dict[str, str]], settings: Any) -> Iterator[tuple[str, Any]]:
     """``run_assistant`` in a thread (its tokens arrive by callback), its tokens yielded as they come.
     The thread runs in a copy of this context, so its spans nest under the caller's."""
-    from agent.assistant.service import run_assistant
-    from agent.rag.failures import translate_failures
+    from agent.assistant.service import run_assistant  # heavy: langchain agents + langgraph, kb-agent only
 
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()

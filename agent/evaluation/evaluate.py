@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import KbError, UsageError
-from agent.evaluation.metrics import METRICS, canonical_metric, mean_metrics, question_metrics
+from agent.errors import ConfigError, KbError, UsageError
+from agent.evaluation.metrics import METRICS, canonical_metric, first_ranks, mean_metrics, question_metrics
+from agent.evaluation.report import report_json
+from agent.rag.failures import translate_failures
+from agent.rag.prompts import JUDGE_ANSWER_PROMPT, JUDGE_DECLINE_PROMPT, escape_untrusted, format_passages
+from agent.rag.retrieval import MODES, best_relevance, build_retriever, min_relevance
+from agent.rag.service import AnswerService
+from agent.usage.tokens import collect_usage
 from ingest.access import readable_by
 from ingest.store.base import Filter, indexed_sources
 
@@ -177,8 +183,6 @@ def evaluate_retrieval(
     on_question: Callable[[int, int], None] | None = None,
 ) -> dict[str, ModeResult]:
     """Run every question in every mode (top 10); ``relevance`` is the best cosine in the first ``top_k``."""
-    from agent.evaluation.metrics import first_ranks
-    from agent.rag.retrieval import best_relevance
 
     results = {mode: ModeResult(mode) for mode in modes}
     for done, question in enumerate(questions, 1):
@@ -314,12 +318,7 @@ def evaluate_answers(
     and prompt), and grade it. ``usage`` counts every model call: the answers and the judge's."""
     from langchain_core.output_parsers import StrOutputParser
 
-    from agent.databricks.llm import build_llm
-    from agent.rag.prompts import JUDGE_ANSWER_PROMPT, JUDGE_DECLINE_PROMPT, escape_untrusted, format_passages
-    from agent.rag.failures import translate_failures
-    from agent.rag.service import AnswerService
-    from agent.rag.retrieval import min_relevance
-    from agent.usage.tokens import collect_usage
+    from agent.databricks.llm import build_llm  # heavy: langchain_openai + openai, needed only with --answers
 
     service = AnswerService.from_settings(
         settings, command="eval", llm=llm, retriever=retriever, mode=mode, usage_extra={"eval_step": "answer"}
@@ -486,8 +485,6 @@ def run_eval(
     on_question: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Everything ``kb eval`` does except printing: returns the report (``eval_report.report_json``)."""
-    from agent.evaluation.report import report_json
-    from agent.rag.retrieval import MODES, build_retriever, min_relevance
 
     modes = list(dict.fromkeys(m.lower() for m in modes)) or list(MODES)
     for mode in modes:
@@ -498,8 +495,6 @@ def run_eval(
         raise UsageError("--fail-under on an answer metric needs --answers")
     questions = load_gold(gold)
     if answers and not settings.llm_configured:
-        from agent.errors import ConfigError
-
         missing = " and ".join(settings.missing_llm_settings())
         raise ConfigError(f"--answers needs a Databricks model: set {missing}")
 

@@ -156,7 +156,7 @@ def command_span(command: str) -> Iterator[None]:
 def traced_command(command: str) -> Iterator[None]:
     """What the CLI wraps each command in: load settings, turn tracing on if configured, and
     give one-shot commands their own trace. Invalid settings are left for the command to report."""
-    from agent.settings import load_settings
+    from agent.settings import load_settings  # heavy: pydantic-settings; kb --help imports this module
 
     if command in UNTRACED_COMMANDS:
         yield

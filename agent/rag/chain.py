@@ -22,6 +22,7 @@ from langchain_core.runnables.base import coerce_to_runnable
 from langchain_core.runnables.utils import AddableDict
 
 from agent.rag.prompts import ANSWER_PROMPT, format_passages
+from agent.rag.retrieval import build_retriever
 from agent.settings import Settings, load_settings
 
 
@@ -134,11 +135,9 @@ def build_rag_chain(
     if llm is None or retriever is None:
         settings = settings or load_settings()
     if retriever is None:
-        from agent.rag.retrieval import build_retriever
-
         retriever = build_retriever(settings, k=k, command="ask")
     if llm is None:
-        from agent.databricks.llm import build_llm
+        from agent.databricks.llm import build_llm  # heavy: langchain_openai + openai, only when no llm is passed
 
         llm = build_llm(settings, command="ask")
     answer = RunnableLambda(_prompt_input) | ANSWER_PROMPT | llm | StrOutputParser()

@@ -34,8 +34,12 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, PrivateAttr
 
+from agent.databricks.auth import connect
+from agent.databricks.transport import clients
+from agent.errors import ConfigError, UsageError
 from agent.settings import Settings
 from ingest.access import readable_by
+from ingest.embeddings.databricks import DatabricksEmbeddings
 from ingest.errors import IndexMissingError
 from ingest.store.base import ChunkStore, Filter
 
@@ -73,8 +77,6 @@ class KnowledgeRetriever(BaseRetriever):
         k = int(kwargs.get("k", self.k))
         mode = str(kwargs.get("mode", self.mode))
         if mode not in MODES:
-            from agent.errors import UsageError
-
             raise UsageError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
         store: ChunkStore = self.store
         total = store.count()
@@ -310,7 +312,7 @@ def is_relevant(documents: list[Document], floor: float) -> bool:
 
 def refusal(settings: Settings, documents: list[Document]) -> str | None:
     """The "not covered" answer when retrieval found nothing relevant enough, else ``None``."""
-    from agent.rag.prompts import NOT_COVERED
+    from agent.rag.prompts import NOT_COVERED  # heavy: langchain_core.prompts + jinja2 (~0.1 s), which kb search never needs
 
     if not documents:
         return "The knowledge base does not cover this: no indexed passage matches the question."
@@ -329,16 +331,12 @@ def build_embeddings(settings: Settings, *, command: str = "search", usage_extra
     Databricks embeddings send the same ``usage_context`` as chat and record every request in the
     usage ledger (``agent.usage.ledger``); local embeddings cost nothing and are not recorded."""
     if settings.embeddings == "databricks":
-        from agent.errors import ConfigError
-        from agent.usage.ledger import embeddings_recorder
-        from agent.databricks.llm import chat_usage_context
-        from ingest.embeddings.databricks import DatabricksEmbeddings
+        from agent.databricks.llm import chat_usage_context  # heavy: langchain_openai + openai (~1.3 s)
+        from agent.usage.ledger import embeddings_recorder  # heavy: langsmith run trees (~20 ms), unused by local embeddings
 
         if not settings.llm_configured:
             missing = " and ".join(settings.missing_llm_settings())
             raise ConfigError(f"KB_EMBEDDINGS=databricks needs {missing}")
-        from agent.databricks.auth import connect
-        from agent.databricks.transport import clients
 
         connection = connect(settings)
         context = chat_usage_context(settings, command, usage_extra)
@@ -354,7 +352,7 @@ def build_embeddings(settings: Settings, *, command: str = "search", usage_extra
                 settings, endpoint=settings.embedding_endpoint, command=command, usage_context=context
             ),
         )
-    from ingest.embeddings.local import LocalMiniLMEmbeddings
+    from ingest.embeddings.local import LocalMiniLMEmbeddings  # heavy: numpy, which kb serve must load after setting the BLAS thread count
 
     return LocalMiniLMEmbeddings()
 
@@ -364,6 +362,7 @@ def build_store(
 ) -> ChunkStore:
     """The configured index as a ``ChunkStore``, opened with the query embedding model."""
     if settings.vector_store == "databricks":  # Databricks Vector Search (KB_VS_INDEX) instead of Chroma
+        # heavy: the Vector Search adapter (~25 ms; databricks-sdk when used), only for KB_VECTOR_STORE=databricks
         from agent.databricks.workspace import vector_search_config, workspace_client
         from ingest.store.vector_search import open_vector_store
 
@@ -373,13 +372,13 @@ def build_store(
     embeddings = build_embeddings(settings, command=command, usage_extra=usage_extra)
     if not create and not settings.chroma_url:
         # Fast path: the snapshot kb ingest keeps next to Chroma, read without importing chromadb
-        # (~1 s per process); None when it does not match Chroma's current state. (numpy: lazy)
-        from ingest.store.snapshot import open_snapshot_store
+        # (~1 s per process); None when it does not match Chroma's current state.
+        from ingest.store.snapshot import open_snapshot_store  # heavy: numpy, which kb serve must load after setting the BLAS thread count
 
         store = open_snapshot_store(settings.index_dir, embeddings)
         if store is not None:
             return store
-    from ingest.store.chroma import open_store  # imports chromadb when it connects
+    from ingest.store.chroma import open_store  # heavy: numpy, which kb serve must load after setting the BLAS thread count; chromadb when it connects
 
     return open_store(settings.index_dir, embeddings, create=create, chroma_url=settings.chroma_url)
 
@@ -398,8 +397,6 @@ def build_retriever(
     ``groups``: read only what they may (default ``KB_AS_GROUPS``/``--as-groups``; unset: everything)."""
     mode = mode or settings.search_mode
     if mode not in MODES:
-        from agent.errors import UsageError
-
         raise UsageError(f"unknown search mode '{mode}': use one of {', '.join(MODES)}")
     return KnowledgeRetriever(
         store=build_store(settings, command=command, usage_extra=usage_extra),

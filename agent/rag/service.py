@@ -112,7 +112,7 @@ class AnswerService:
         if retriever is None:
             retriever = build_retriever(settings, k=k, command=command, mode=mode)
         if llm is None:
-            from agent.databricks.llm import build_llm  # langchain_openai: loaded only when a model is built here
+            from agent.databricks.llm import build_llm  # heavy: langchain_openai + openai, only when no llm is passed
 
             llm = build_llm(settings, command=command, usage_extra=usage_extra)
         return cls(settings, llm=llm, retriever=retriever)

@@ -489,10 +489,12 @@ function openViewer(source, button) {
   document.querySelectorAll(".cite.active").forEach((b) => b.classList.remove("active"));
   if (button && button.classList.contains("cite")) button.classList.add("active");
   state.lastFocus = button || document.activeElement;
-  $("viewer-title").textContent = `[${source.n}] ${source.title || source.source || "Source"}`;
+  const label = source.title || source.source || "Source";
+  $("viewer-title").textContent = source.n == null ? label : `[${source.n}] ${label}`;
   $("viewer-source").textContent = source.source || "";
   $("viewer-where").textContent = source.section || (source.page ? `page ${source.page}` : "");
   const passage = $("viewer-text");
+  passage.hidden = false;
   if (source.text) passage.replaceChildren(window.kbRender.markdown(source.text));
   else passage.textContent = "The passage text is not part of this answer: show the whole document.";
   const documentBox = $("viewer-document");
@@ -550,6 +552,225 @@ async function showDocument(name) {
   }
   box.hidden = false;
   box.focus();
+}
+
+// ------------------------------------------------------------------ documents view
+
+const docs = { list: [], loaded: false, canUpload: false, limit: 0 };
+
+// GET /api/documents: what this caller may read, and whether it may add files.
+async function loadDocuments() {
+  let response;
+  try {
+    response = await fetch("/api/documents", { headers: authHeaders() });
+  } catch (err) {
+    return plain("Cannot reach the server. Check your connection and that the server is running.", err.message);
+  }
+  if (!response.ok) return { ...(await problemOf(response)), status: response.status };
+  const body = await response.json();
+  docs.list = Array.isArray(body.documents) ? body.documents : [];
+  docs.canUpload = body.can_upload === true;
+  docs.limit = Number(body.upload_limit) || 0;
+  docs.loaded = true;
+  renderExamples();
+  return null;
+}
+
+function documentsOpen() { return !$("documents").hidden; }
+
+async function openDocuments() {
+  $("documents").hidden = false;
+  $("conversation").hidden = true;
+  $("docs-button").setAttribute("aria-expanded", "true");
+  document.body.classList.add("documents-open");
+  $("documents-title").focus();
+  $("documents-count").textContent = "Loading…";
+  const problem = await loadDocuments();
+  if (problem) {
+    $("documents-count").textContent = "";
+    if (problem.status === 401) { askForKey(problem); return; }
+    showError(problem);
+    return;
+  }
+  $("upload").hidden = !docs.canUpload;
+  if (docs.canUpload) $("upload-hint").textContent = `Markdown, text, HTML, PDF, Word… up to ${formatBytes(docs.limit)} each; they are indexed at once.`;
+  renderDocuments();
+}
+
+function closeDocuments(restoreFocus = true) {
+  if (!documentsOpen()) return;
+  $("documents").hidden = true;
+  $("conversation").hidden = false;
+  $("docs-button").setAttribute("aria-expanded", "false");
+  document.body.classList.remove("documents-open");
+  if (restoreFocus) $("docs-button").focus();
+}
+
+function formatBytes(n) {
+  if (!n && n !== 0) return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function formatDate(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return isNaN(date) ? "" : date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+function renderDocuments() {
+  const words = $("documents-filter").value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+  const shown = docs.list.filter((d) => {
+    const hay = `${d.title || ""} ${d.source || ""}`.toLowerCase();
+    return words.every((w) => hay.includes(w));
+  });
+  const list = $("documents-list");
+  list.textContent = "";
+  for (const doc of shown) {
+    const item = document.createElement("li");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "doc-open";
+    open.textContent = doc.title || doc.source;
+    open.addEventListener("click", () => openDocumentViewer(doc, open));
+    const meta = document.createElement("p");
+    meta.className = "doc-meta";
+    const source = document.createElement("span");
+    source.className = "doc-source";
+    source.textContent = doc.source;
+    const rest = [`${doc.chunks} chunk${doc.chunks === 1 ? "" : "s"}`];
+    if (doc.indexed_at) rest.push(`indexed ${formatDate(doc.indexed_at)}`);
+    meta.append(source, ` · ${rest.join(" · ")}`);
+    item.append(open, meta);
+    list.appendChild(item);
+  }
+  const total = docs.list.length;
+  $("documents-count").textContent = !total
+    ? "No documents you may read are indexed yet."
+    : shown.length === total ? `${total} document${total === 1 ? "" : "s"}` : `${shown.length} of ${total} documents match`;
+}
+
+// The viewer for a whole document (no passage): the same panel the citations use.
+function openDocumentViewer(doc, button) {
+  openViewer({ n: null, title: doc.title, source: doc.source, text: "" }, button);
+  $("viewer-text").hidden = true;
+  $("viewer-open").hidden = true;
+  showDocument(doc.source);
+}
+
+// Example questions on the empty page: from the titles of documents the caller may read.
+function renderExamples() {
+  const titles = [...new Set(docs.list.map((d) => (d.title || "").trim()).filter((t) => t && t.length <= 80))].slice(0, 3);
+  const list = $("examples-list");
+  list.textContent = "";
+  for (const title of titles) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "example";
+    button.textContent = `What does “${title}” say?`;
+    button.addEventListener("click", () => {
+      if (state.busy) return;
+      ask(button.textContent);
+    });
+    item.appendChild(button);
+    list.appendChild(item);
+  }
+  $("examples").hidden = titles.length === 0;
+}
+
+// ------------------------------------------------------------------ uploads (writers)
+
+const uploads = { queue: [], running: false };
+
+function queueUploads(files) {
+  for (const file of files) {
+    const item = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "upload-name";
+    name.textContent = file.name;
+    const bar = document.createElement("progress");
+    bar.max = 100;
+    bar.value = 0;
+    bar.setAttribute("aria-label", `Upload of ${file.name}`);
+    const note = document.createElement("span");
+    note.className = "upload-note";
+    note.textContent = "waiting";
+    item.append(name, bar, note);
+    $("upload-list").appendChild(item);
+    if (docs.limit && file.size > docs.limit) {
+      finishUpload(item, false, `too large: ${formatBytes(file.size)}, the limit is ${formatBytes(docs.limit)}`);
+      continue;
+    }
+    uploads.queue.push({ file, item });
+  }
+  runUploads();
+}
+
+function finishUpload(item, ok, text) {
+  item.classList.add(ok ? "ok" : "failed");
+  item.querySelector("progress").value = 100;
+  item.querySelector(".upload-note").textContent = text;
+}
+
+// One file at a time (the server indexes one upload at a time); progress per file.
+async function runUploads() {
+  if (uploads.running) return;
+  uploads.running = true;
+  while (uploads.queue.length) {
+    const { file, item } = uploads.queue.shift();
+    const result = await sendFile(file, item);
+    if (result.ok) finishUpload(item, true, `${result.body.status === "replaced" ? "replaced" : "added"}: ${result.body.source}`);
+    else finishUpload(item, false, result.message);
+    $("live").textContent = `${file.name}: ${item.querySelector(".upload-note").textContent}`;
+  }
+  uploads.running = false;
+  await loadDocuments();
+  if (documentsOpen()) renderDocuments();
+}
+
+function sendFile(file, item) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    const bar = item.querySelector("progress");
+    const note = item.querySelector(".upload-note");
+    xhr.open("POST", "/api/documents");
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) bar.value = Math.round((event.loaded / event.total) * 90);
+      note.textContent = "uploading";
+    };
+    xhr.upload.onload = () => { bar.value = 90; note.textContent = "indexing…"; };
+    xhr.onload = () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      if (xhr.status === 200 && body) { resolve({ ok: true, body }); return; }
+      const message = (body && body.error && body.error.message) || `the server answered ${xhr.status}`;
+      resolve({ ok: false, message });
+    };
+    xhr.onerror = () => resolve({ ok: false, message: "cannot reach the server" });
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
+}
+
+function setupUploads() {
+  const zone = $("upload-zone");
+  $("upload-input").addEventListener("change", (event) => {
+    queueUploads([...event.target.files]);
+    event.target.value = "";
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    if (event.dataTransfer && event.dataTransfer.files.length) queueUploads([...event.dataTransfer.files]);
+  });
 }
 
 // ------------------------------------------------------------------ asking
@@ -611,7 +832,14 @@ async function ask(question) {
           entry.content += piece;
           renderAnswer(node, entry.content, entry.sources);
         },
-        step(step) { entry.steps.push(step); renderSteps(node, entry.steps); },
+        step(step) {
+          // A tool result completes its call (same id); a call is shown at once, still without a summary.
+          const call = step.type === "tool_result" && entry.steps.find((s) => s.id && s.id === step.id);
+          if (call) Object.assign(call, { summary: step.summary, error: step.error });
+          else entry.steps.push({ id: step.id, tool: step.tool || step.name, args: step.args, summary: step.summary, error: step.error });
+          phase = `Using ${step.tool || step.name || "a tool"}…`; tick();
+          renderSteps(node, entry.steps);
+        },
         final(chunk) {
           entry.sources = chunk.sources || [];
           if (Array.isArray(chunk.steps)) entry.steps = chunk.steps;
@@ -663,7 +891,7 @@ async function readStream(response, handlers) {
       try { chunk = JSON.parse(data); } catch (_) { continue; }
       if (chunk.error) { handlers.error(chunk.error); return false; }
       if (!named && chunk.model) { named = true; handlers.model(chunk.model); }
-      // A streamed tool call, if the server sends one (kb-agent): {"step": {"tool"|"name", "summary"?, "args"?}}.
+      // kb-agent's tool calls and results as they happen: {"step": {"type", "id", "tool", "args", "summary", "error"}}.
       if (chunk.step && typeof chunk.step === "object") handlers.step(chunk.step);
       const choice = (chunk.choices || [])[0];
       if (choice && choice.delta && choice.delta.content) handlers.token(choice.delta.content);
@@ -697,6 +925,10 @@ function setup() {
   updateKeyButton();
   $("error-close").addEventListener("click", hideError);
   $("viewer-close").addEventListener("click", () => closeViewer());
+  $("docs-button").addEventListener("click", () => (documentsOpen() ? closeDocuments() : openDocuments()));
+  $("documents-close").addEventListener("click", () => closeDocuments());
+  $("documents-filter").addEventListener("input", renderDocuments);
+  setupUploads();
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   $("new-chat").addEventListener("click", () => { startNewChat(); $("question").focus(); });
   $("history-toggle").addEventListener("click", () => setHistoryOpen(!historyIsOpen()));
@@ -705,6 +937,7 @@ function setup() {
     event.preventDefault();
     const question = $("question").value.trim();
     if (!question || state.busy) return;
+    closeDocuments(false);
     $("question").value = "";
     ask(question);
   });
@@ -718,6 +951,7 @@ function setup() {
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || $("key-dialog").open) return;
     if (!$("viewer").hidden) { closeViewer(); event.preventDefault(); return; }
+    if (documentsOpen()) { closeDocuments(); event.preventDefault(); return; }
     if (PHONE.matches && document.body.classList.contains("history-open")) {
       setHistoryOpen(false);
       $("history-toggle").focus();
@@ -738,6 +972,7 @@ function setup() {
   if (active && loadConversations().some((c) => c.id === active)) openConversation(active);
   else startNewChat();
   $("question").focus();
+  if (apiKey()) loadDocuments();  // the example questions (quietly nothing when it fails)
 }
 
 document.addEventListener("DOMContentLoaded", setup);

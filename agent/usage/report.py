@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from agent.errors import UsageError
+from agent.terminal import literal
 
 GROUPINGS = ("command", "endpoint", "caller", "day")
 _SPAN = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
@@ -135,8 +136,6 @@ def usage_table(report: dict[str, Any]) -> Any:
     headers, no vertical rules, numbers never wrapped or cut (a long group name folds instead)."""
     from rich import box
     from rich.table import Table
-
-    from agent.terminal import literal
 
     since = report["since"]
     title = f"kb usage by {report['by']}" + (f" since {since[:16].replace('T', ' ')} UTC" if since else "")

@@ -35,6 +35,7 @@ from ingest.store.chroma import activate, chroma_errors, collection_ids, connect
 from ingest.store.folder import check_index_dir, writer_lock
 from ingest.store.lexical import sync_lexical
 from ingest.store.snapshot import sync_snapshot
+from ingest.store.vector_search import delete_all, open_vector_store
 from ingest.sync.isolation import ParseLimits, ParseWorker
 from ingest.sync.plan import ProgressFn, Summary, file_changes, make_plan, plan_summary
 from ingest.sync.records import NoRecords, Records, records_path
@@ -139,14 +140,12 @@ def _ingest_vector_search(paths: list[Path], index_dir: Path, embeddings: Any, c
     ``--rebuild`` empties the index first (there is no second generation to switch to: queries see it
     partial until the run ends). An index found empty while records describe it (deleted and created
     again) drops those records, so every file is written again."""
-    from ingest.store.vector_search import delete_all, open_vector_store
-
     with writer_lock(index_dir):
         store = open_vector_store(client, config, embeddings, create=True, notice=notice)
         with closing(Records(index_dir)) as records:
             records.adopt(key, key)
             if rebuild:
-                delete_all(store)
+                delete_all(store, notice=notice)
             if rebuild or (records.roots() and store.count() == 0):
                 records.purge(key, set())
                 records.adopt(key, key)

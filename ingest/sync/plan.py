@@ -32,6 +32,7 @@ from ingest.split import Chunk, split_document
 from ingest.sync.isolation import ParseWorker
 from ingest.sync.records import LOADER_VERSION, NoRecords, Record, Records
 from ingest.textio import size_cap_reason
+from ingest.volumes import volume_path
 
 ProgressFn = Callable[[int, int], None]  # (chunks done, chunks total)
 RACY_NS = 2_000_000_000  # a file modified within 2 s of being read is hashed again next time
@@ -164,7 +165,6 @@ def make_plan(
 def _discover_all(paths: list[Any], known_roots: list[Path], exclude: Iterable[Path], remote: Any) -> Any:
     """Local files, plus (``remote``: an ``ingest.volumes.VolumeSource``) the Unity Catalog volume paths,
     listed and mirrored through the Files API, then planned like local files."""
-    from ingest.volumes import volume_path
 
     volumes = [v for v in (volume_path(p) for p in paths) if v is not None] if remote is not None else []
     found = discover([p for p in paths if remote is None or volume_path(p) is None], known_roots=known_roots,

@@ -109,16 +109,17 @@ class Records:
         return {i for record in self.for_root(root).values() for i in record.ids}
 
     def documents(self) -> list[dict]:
-        """``[{"root", "source", "title", "chunks", "access"}]``; ``access`` is the document's labels
-        (``ingest.access``), ``None`` for a document recorded before kb had access control."""
+        """``[{"root", "source", "title", "chunks", "access", "size", "checked_ns"}]``; ``access`` is the
+        document's labels (``ingest.access``), ``None`` for a document recorded before kb had access
+        control; ``checked_ns``: when ``kb ingest`` last indexed or confirmed it."""
         access = "access" if self._access_column else "NULL"
         rows = self._db.execute(
-            f"SELECT root, source, title, chunk_ids, {access} FROM records WHERE collection = ? AND skip_reason IS NULL"
-            " ORDER BY root, source",
+            f"SELECT root, source, title, chunk_ids, {access}, size, checked_ns FROM records"
+            " WHERE collection = ? AND skip_reason IS NULL ORDER BY root, source",
             (self.collection,),
         )
-        return [{"root": r, "source": s, "title": t, "chunks": len(json.loads(ids)), "access": _access(a)[0]}
-                for r, s, t, ids, a in rows]
+        return [{"root": r, "source": s, "title": t, "chunks": len(json.loads(ids)), "access": _access(a)[0],
+                 "size": size, "checked_ns": checked} for r, s, t, ids, a, size, checked in rows]
 
     # -- writing (each call is its own transaction: a crash never leaves half a record)
 

@@ -137,6 +137,12 @@ def test_kb_agent_streams(client: openai.OpenAI, stub: DatabricksStub) -> None:
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].model_extra["sources"][0]["n"] == 1
     assert chunks[-1].usage.total_tokens == 372
+    # the tool call and its result stream as they happen, before any answer text, as extra chunks
+    steps = [(i, c.model_extra["step"]) for i, c in enumerate(chunks) if c.model_extra.get("step")]
+    assert [(s["type"], s["tool"]) for _, s in steps] == [("tool_call", "search_knowledge"), ("tool_result", "search_knowledge")]
+    assert steps[0][1]["args"] and steps[1][1]["summary"] and steps[0][1]["id"] == steps[1][1]["id"]
+    first_text = next(i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content)
+    assert steps[-1][0] < first_text
 
 
 def test_errors_arrive_as_the_openai_client_expects(server: str, client: openai.OpenAI, stub: DatabricksStub) -> None:

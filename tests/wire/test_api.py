@@ -432,7 +432,7 @@ def test_api_ask_returns_what_kb_ask_json_prints(client: TestClient, databricks:
 def test_documents_are_listed_and_served_with_safe_types(client: TestClient) -> None:
     listed = client.get("/api/documents").json()["documents"]
     assert {d["source"] for d in listed} >= {"hr/pto.md", "it/vpn.html", "finance/expenses.pdf"}
-    assert all(set(d) == {"source", "title", "chunks"} for d in listed)  # no server paths
+    assert all(set(d) == {"source", "title", "chunks", "size", "indexed_at"} for d in listed)  # no server paths
     markdown = client.get("/api/documents/hr/pto.md")
     assert markdown.status_code == 200 and markdown.headers["content-type"].startswith("text/plain")
     assert "23 vacation days" in markdown.text

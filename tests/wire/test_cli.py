@@ -102,7 +102,8 @@ def test_ask_without_llm_shows_passages_and_says_what_to_set(indexed: Path, kb: 
 @pytest.mark.parametrize(
     ("error", "fragment"),
     [
-        (Error(401, "UNAUTHENTICATED", "Invalid access token."), "Databricks rejected the token (401"),
+        (Error(401, "UNAUTHENTICATED", "Invalid access token."),
+         "Databricks rejected the token (401: UNAUTHENTICATED: Invalid access token.); check the credentials ("),
         (Error(403, "PERMISSION_DENIED", "User lacks CAN_QUERY."), "Databricks rejected the token (403"),
         (Error(429, "REQUEST_LIMIT_EXCEEDED", "Rate limit", headers={"Retry-After": "0.01"}), "rate limit"),
         (Error(503, "TEMPORARILY_UNAVAILABLE", "Endpoint is scaling up"), "server error"),
