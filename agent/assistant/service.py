@@ -146,7 +146,7 @@ def build_assistant(
     if retriever is None:
         retriever = build_retriever(settings, command="agent")
     if llm is None:
-        from agent.databricks.llm import build_llm
+        from agent.databricks.llm import build_llm  # heavy: langchain_openai + openai, only when no llm is passed
 
         llm = build_llm(settings, command="agent", usage_extra=usage_extra)
     if groups is None:
