@@ -190,7 +190,7 @@ def test_a_second_ingest_exits_at_once_with_a_clear_message(tmp_path: Path, env:
         assert proc.poll() is None  # refused while the first one is still running
         assert result.exit_code == 3
         assert result.stderr.strip() == (
-            f"error: another 'kb ingest' is writing to the index at {index_dir}. wait for it to finish and run again"
+            f"error: another 'kb ingest' is writing to the index at {index_dir}; wait for it to finish and run again"
         )
     finally:
         kill9(proc)
