@@ -11,7 +11,6 @@ Skipped with the reason when /usr/bin/chromium is missing, except under CI=true 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,25 +23,8 @@ from tests.wire.test_access_api import HR_MARK, LEGAL_MARK, PUBLIC_MARK, write_a
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 KEYS = {"pub": "web-pub-key-0123456789abcdef", "hr": "web-hr-key-0123456789abcdef"}
 QUESTION = "What are the salary bands and vacation payouts for 2025?"  # hr/salaries.md's own words
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing on CI: the browser test must run (the Makefile's 'browser' target installs it)")
-        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}): run 'make browser' as root or 'sudo apt-get install chromium'")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from agent.api import create_app
 from agent.settings import load_settings
 from tests.databricks_stub import DatabricksStub, Reply
-from tests.e2e.test_web_page_ux import AXE, BROWSER_ARGS, CHROMIUM, SHOTS, Watch
+from tests.e2e.test_web_page_ux import AXE, SHOTS, Watch
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -22,20 +22,6 @@ pytestmark = pytest.mark.slow
 WRITER, READER = "web-writer-key-5c1e9a0b7d3f2468", "web-reader-key-8a2d4f6b0c1e3579"
 DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 QUESTION = "How many vacation days do I get?"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        if __import__("os").environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing on CI")
-        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM})")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

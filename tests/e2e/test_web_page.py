@@ -6,7 +6,6 @@ Skipped with the reason when /usr/bin/chromium is missing, except under CI=true 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from tests.live_server import LiveServer, TrickleProxy
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 KEY = "browser-key-7d1e9f3a5c2b4d60"
 ANSWER = "Full-time employees get 23 vacation days per year [1]. Unused days, up to 4, carry over until April 30 [1]."
 
@@ -29,22 +27,6 @@ def _restore_stub_responder(stub_server: DatabricksStub):
     saved = stub_server.default_responder
     yield
     stub_server.default_responder = saved
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing on CI: the browser test must run (the Makefile's 'browser' target installs it)")
-        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}): run 'make browser' as root or 'sudo apt-get install chromium'")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

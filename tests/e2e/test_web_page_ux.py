@@ -10,7 +10,6 @@ Skipped with the reason when /usr/bin/chromium is missing, except under CI=true 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from tests.live_server import LiveServer, TrickleProxy
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 AXE = Path(__file__).resolve().parents[1] / "assets" / "axe.min.js"
 SHOTS = ROOT / ".artifacts" / "screenshots"
@@ -53,8 +51,6 @@ HOSTILE_DOC_HTML = (
     "<body onload=\"alert('body')\"><h1>VPN</h1><p>Sick leave is unlimited.</p>" + HOSTILE
     + "<object data=\"javascript:alert(1)\"></object><embed src=\"javascript:alert(1)\"></body></html>"
 )
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
@@ -64,20 +60,6 @@ def _restore_stub_responder(stub_server: DatabricksStub):
     saved = stub_server.default_responder
     yield
     stub_server.default_responder = saved
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing on CI: the browser test must run (the Makefile's 'browser' target installs it)")
-        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}): run 'make browser' as root or 'sudo apt-get install chromium'")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield browser
-        browser.close()
 
 
 def _answers(text: str):
