@@ -46,9 +46,7 @@ def build_labelled_index(cache: Path, size: int, *, log=print) -> Path:
     """``size`` chunks like bench/perf_corpus.py's, a third each readable by everyone, hr, legal."""
     import numpy as np
 
-    from ingest.embeddings.fast_embed import load_encoder
     from ingest.embeddings.local import LocalMiniLMEmbeddings
-    from ingest.embeddings.weights import minilm_path
     from ingest.store.chroma import open_store
 
     index_dir = Path(cache) / f"access-index-{size}"
@@ -65,7 +63,7 @@ def build_labelled_index(cache: Path, size: int, *, log=print) -> Path:
     shutil.rmtree(index_dir, ignore_errors=True)
     rng = random.Random(7)
     topics = _topics(rng)
-    encoder = load_encoder(minilm_path())
+    encoder = LocalMiniLMEmbeddings().encoder()
     topic_vectors = encoder.encode([" ".join(words) for words in topics])
     noise_rng = np.random.default_rng(size)
     store = open_store(index_dir, LocalMiniLMEmbeddings(), create=True)

@@ -5,7 +5,7 @@
     python -m bench.ingest_bench --json out.json
 
 1. First-ingest throughput of the local pipeline (discover, load, split, embed with all-MiniLM-L6-v2,
-   write to Chroma, record, BM25) against raw ``SentenceTransformer.encode`` of the very same chunk
+   write to Chroma, record, BM25) against the raw engine's ``encode`` (ONNX Runtime) of the very same chunk
    texts, measured in the same process with the same loaded model (target: >= 85%).
    Raw encode and the pipeline alternate over 5 slices of the corpus, so that other load on the
    machine hits both alike.
@@ -101,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus: {args.files} files, written to {corpus} in {args.slices} slices", flush=True)
     embeddings = LocalMiniLMEmbeddings()
     started = time.perf_counter()
-    model = embeddings._load()
+    model = embeddings.encoder()  # the ONNX Runtime engine ingest embeds with
     load_seconds = time.perf_counter() - started
     all_texts = [c.text for entry in make_plan([stage], NoRecords()).added for c in entry.chunks]
     chars = sum(len(t) for t in all_texts) / len(all_texts)
     print(f"chunks: {len(all_texts)} (mean {chars:.0f} characters); model loaded in {load_seconds:.1f} s", flush=True)
-    model.encode(all_texts[:64], batch_size=embeddings.batch_size, normalize_embeddings=True)  # warm-up
+    model.encode(all_texts[:64], batch_size=embeddings.batch_size)  # warm-up
 
     # Raw encode and the pipeline alternate slice by slice (encode the slice's chunks, then move its
     # files into the corpus and ingest), so a machine whose load changes during the run affects both
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for number, files in enumerate(slices, 1):
         texts = [c.text for f in files for entry in make_plan([f], NoRecords()).added for c in entry.chunks]
         wall, cpu = time.perf_counter(), time.process_time()
-        model.encode(texts, batch_size=embeddings.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        model.encode(texts, batch_size=embeddings.batch_size)
         raw_seconds += time.perf_counter() - wall
         raw_cpu += time.process_time() - cpu
         for path in files:
@@ -193,7 +193,7 @@ def _print_table(f: dict) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
-    table.add_row("raw SentenceTransformer.encode", f"{f['raw_encode_chunks_per_s']:.1f} chunks/s", "")
+    table.add_row("raw engine encode (ONNX Runtime)", f"{f['raw_encode_chunks_per_s']:.1f} chunks/s", "")
     table.add_row("first ingest (whole pipeline)", f"{f['first_ingest_chunks_per_s']:.1f} chunks/s", "")
     table.add_row("  pipeline / raw (wall time)", f"{f['throughput_vs_raw']:.0%}", ">= 85%")
     table.add_row("  pipeline / raw (CPU time)", f"{f['throughput_vs_raw_cpu']:.0%}", ">= 85%")

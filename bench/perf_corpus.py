@@ -81,9 +81,7 @@ def questions(count: int, seed: int = 11) -> list[str]:
 
 def build_index(cache: Path, size: int, *, log=print) -> Path:
     """An index of ``size`` chunks under ``cache`` (built once, reused while its marker matches)."""
-    from ingest.embeddings.fast_embed import load_encoder
     from ingest.embeddings.local import LocalMiniLMEmbeddings
-    from ingest.embeddings.weights import minilm_path
     from ingest.store.chroma import open_store
 
     index_dir = Path(cache) / f"index-{size}"
@@ -100,7 +98,7 @@ def build_index(cache: Path, size: int, *, log=print) -> Path:
     shutil.rmtree(index_dir, ignore_errors=True)
     rng = random.Random(7)
     topics = _topics(rng)
-    encoder = load_encoder(minilm_path())
+    encoder = LocalMiniLMEmbeddings().encoder()
     topic_vectors = encoder.encode([" ".join(words) for words in topics])
     noise_rng = np.random.default_rng(size)
     store = open_store(index_dir, LocalMiniLMEmbeddings(), create=True)

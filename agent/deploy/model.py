@@ -29,6 +29,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.settings import Settings
+from ingest.embeddings.weights import MINILM_REQUIREMENT
 
 AGENT_MODEL = Path(__file__).with_name("agent_model.py")
 PACKAGES = ("agent", "ingest")
@@ -76,7 +77,8 @@ def requirements() -> list[str]:
     except metadata.PackageNotFoundError:  # pragma: no cover - kb runs from a checkout without install
         declared = []
     kept = [line.split(";")[0].strip() for line in declared if "extra ==" not in line]
-    return [*kept, f"mlflow-skinny=={mlflow.__version__}", "pandas"]
+    # The local model's weights are installed apart (--no-deps) in a checkout, so not in kb's metadata.
+    return [*kept, MINILM_REQUIREMENT, f"mlflow-skinny=={mlflow.__version__}", "pandas"]
 
 
 def _index_copy(settings: Settings, into: Path) -> Path:

@@ -1,2 +1,3 @@
-"""Embedding models: ``local`` (all-MiniLM-L6-v2 offline; ``fast_embed`` runs it in NumPy for queries),
-``databricks`` (a serving endpoint), ``weights`` (the local weights, sha256-checked)."""
+"""Embedding models: ``local`` (registered sentence-transformers models offline, all-MiniLM-L6-v2 by default,
+run by ``onnx_encoder`` on ONNX Runtime over the graph ``onnx_graph`` writes), ``databricks`` (a serving
+endpoint), ``weights`` (the local models' registry and their sha256-checked weights)."""

