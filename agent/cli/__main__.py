@@ -1,5 +1,5 @@
 """``python -m agent.cli``."""
 
-from agent.cli.app import main
+from agent.cli import main
 
 main()

@@ -9,13 +9,65 @@ written to stdout, so the two never share a line.
 Cheap to import (Rich only; no LangChain, no Chroma), so the first status byte is on the terminal
 before the heavy imports of a command. ``stop_all()`` ends whatever is showing: the CLI's error
 handler calls it before printing ``error: ...``.
+
+``early_status(argv)`` (called by ``agent.cli.main`` before Typer and the commands are even
+imported) shows ``kb ask``'s "searching…" (``chat``: "loading…", ``agent``: "thinking…") about
+0.1 s after the process starts; it is erased while Typer parses the arguments (``pause_early``,
+so a usage error prints on a clean line) and the command then ``adopt``s it and shows it again.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 _active: list[Status] = []
+_early: list[Status] = []
+_stderr: list[Any] = []
+EARLY_TEXT = {"ask": "searching…", "chat": "loading…", "agent": "thinking…"}
+
+
+def stderr_console() -> Any:
+    """kb's stderr console (one per process: the early status and the CLI's messages share it)."""
+    if not _stderr:
+        from rich.console import Console
+
+        _stderr.append(Console(stderr=True, highlight=False, soft_wrap=True, emoji=False))
+    return _stderr[0]
+
+
+def early_status(argv: Sequence[str]) -> None:
+    """Show the status of ``kb ask|chat|agent`` now, before the CLI is imported (not for ``--json``,
+    ``--help``, or when stderr is no terminal)."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    text = EARLY_TEXT.get(command or "")
+    if text is None or any(arg in ("--json", "--help", "-h") for arg in argv) or not sys.stderr.isatty():
+        return
+    import atexit
+
+    status = Status(stderr_console())
+    if status.enabled:
+        status.show(text)
+        _early.append(status)
+        atexit.register(stop_all)  # a usage error exits before any command could stop it
+
+
+def pause_early() -> None:
+    """Erase the early status while Typer parses the command's arguments (click prints a usage
+    error to the raw stderr, past Rich): the command shows its status again a moment later."""
+    for status in _early:
+        status.stop()
+
+
+def adopt(console: Any, *, enabled: bool = True) -> Status:
+    """The status ``early_status`` is showing on ``console`` (now the caller's), or a new one."""
+    if _early:
+        status = _early.pop()
+        if enabled and status.console is console:
+            return status
+        status.stop()
+    return Status(console, enabled=enabled)
 
 
 class Status:

@@ -11,8 +11,13 @@ Layout under ``KB_INDEX_DIR/bm25/``: ``current.json`` names the live build folde
 (bm25s arrays + ``ids.json``). A new build is written to its own folder and ``current.json`` is
 replaced atomically, so a reader never sees a half-written index.
 
-Text is lower-cased, split on non-alphanumerics, stripped of stop words and stemmed (Snowball,
-PyStemmer); each chunk is indexed with its title, section path and source path prepended.
+Queries are scored here, not by bm25s: bm25s precomputes every (term, chunk) BM25 score into a
+CSC matrix (``data``/``indices``/``indptr``), and a query's scores are the sum of its terms'
+columns. Importing bm25s imports SciPy (~0.3 s of every fresh ``kb search``/``kb ask``) for
+nothing a query uses, so ``kb ingest`` builds and saves with bm25s, and queries memory-map the
+saved arrays and add the columns with NumPy (``_column_sum``, as fast as bm25s's own NumPy
+scorer): the same float32 additions in the same order as bm25s's "lucene" BM25, hence the same
+scores (tests/unit/test_lexical_scores.py checks it against bm25s).
 """
 
 from __future__ import annotations
@@ -115,6 +120,11 @@ class LexicalHits:
         best = best[np.argsort(-self.scores[best], kind="stable")]
         return [(self.ids[i], float(self.scores[i])) for i in best if self.scores[i] > 0]
 
+    def score(self, chunk_id: str) -> float:
+        """The chunk's score (0 when it shares no word with the query, or is not in the index)."""
+        position = self._positions().get(chunk_id)
+        return max(float(self.scores[position]), 0.0) if position is not None else 0.0
+
     def score_and_rank(self, chunk_id: str) -> tuple[float, int | None]:
         """The chunk's score and its rank among all chunks (``None`` when it shares no word with the query)."""
         position = self._positions().get(chunk_id)
@@ -143,12 +153,33 @@ class LexicalHits:
         return cache
 
 
-class LexicalIndex:
-    """A bm25s index over chunk ids."""
+_SCORE_FILES = {"data": "data.csc.index.npy", "indices": "indices.csc.index.npy", "indptr": "indptr.csc.index.npy"}
+_METHODS = ("lucene", "robertson", "atire")  # BM25 variants whose scores are the column sums alone
 
-    def __init__(self, ids: list[str], model: Any) -> None:
+
+def _column_sum(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, num_docs: int,
+                token_ids: Sequence[int]) -> np.ndarray:
+    """A query's BM25 score of every chunk: the sum of its terms' columns (a repeated term counts
+    again, as in bm25s). Each column holds a chunk at most once, so the fancy-indexed add is exact."""
+    scores = np.zeros(num_docs, dtype=np.float32)
+    for token in token_ids:
+        start, end = int(indptr[token]), int(indptr[token + 1])
+        if end > start:
+            scores[indices[start:end]] += data[start:end]
+    return scores
+
+
+class LexicalIndex:
+    """A BM25 index over chunk ids: bm25s's precomputed score matrix, scored with NumPy."""
+
+    def __init__(self, ids: list[str], model: Any = None, *, arrays: dict[str, Any] | None = None,
+                 vocab: dict[str, int] | None = None) -> None:
         self.ids = ids
-        self._model = model
+        self._model = model  # a bm25s.BM25 when built in this process (it saves the index)
+        if model is not None and arrays is None:
+            arrays, vocab = model.scores, model.vocab_dict
+        self._arrays = arrays  # data, indices, indptr (memory-mapped when loaded), num_docs
+        self._vocab = vocab or {}
         self._positions: dict[str, int] | None = None  # chunk id -> position, shared by every query's hits
 
     def _hits(self, scores: np.ndarray) -> LexicalHits:
@@ -173,12 +204,15 @@ class LexicalIndex:
         return cls(list(ids), model)
 
     def search(self, query: str) -> LexicalHits:
-        if self._model is None:
+        arrays = self._arrays
+        if arrays is None:
             return LexicalHits([], np.zeros(0, dtype=np.float32))
-        tokens = tokenize(query)
-        if not tokens:
-            return self._hits(np.zeros(len(self.ids), dtype=np.float32))
-        return self._hits(np.asarray(self._model.get_scores(tokens), dtype=np.float32))
+        vocab, columns = self._vocab, len(arrays["indptr"]) - 1  # bm25s's vocabulary ends with "", no column
+        token_ids = [vocab[token] for token in tokenize(query) if vocab.get(token, columns) < columns]
+        num_docs = int(arrays["num_docs"])
+        if not token_ids:
+            return self._hits(np.zeros(num_docs, dtype=np.float32))
+        return self._hits(_column_sum(arrays["data"], arrays["indices"], arrays["indptr"], num_docs, token_ids))
 
     # ------------------------------------------------------------ persistence
 
@@ -210,19 +244,29 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, index_dir: Path) -> tuple[LexicalIndex, dict[str, Any]] | None:
-        """The persisted index and its state, or ``None`` if missing, unreadable or of another version."""
-        import bm25s
+        """The persisted index and its state, or ``None`` if missing, unreadable or of another version.
 
+        Reads bm25s's saved files itself (no bm25s, no SciPy): the score arrays memory-mapped."""
         state = read_state(index_dir)
         if state is None:
             return None
         folder = lexical_dir(index_dir) / state["dir"]
         try:
             ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
-            model = bm25s.BM25.load(str(folder), show_progress=False) if ids else None
+            if not ids:
+                return cls([]), state
+            params = json.loads((folder / "params.index.json").read_text(encoding="utf-8"))
+            vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
+            arrays: dict[str, Any] = {name: np.asarray(np.load(folder / file, mmap_mode="r", allow_pickle=False))
+                                      for name, file in _SCORE_FILES.items()}
         except (OSError, ValueError):
             return None
-        return cls(ids, model), state
+        arrays["num_docs"] = params.get("num_docs")
+        if (params.get("method") not in _METHODS or params.get("dtype") != "float32" or arrays["num_docs"] != len(ids)
+                or not isinstance(vocab, dict) or not 0 < len(arrays["indptr"]) <= len(vocab) + 1
+                or len(arrays["data"]) != len(arrays["indices"])):
+            return None  # another bm25s variant or layout: rebuilt in memory (open_lexical)
+        return cls(ids, arrays=arrays, vocab=vocab), state
 
 
 def read_state(index_dir: Path) -> dict[str, Any] | None:
@@ -282,11 +326,25 @@ class LexicalSide:
     def __init__(self, index_dir: Path | None) -> None:
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._current: tuple[Any, LexicalIndex] | None = None
+        self._state: tuple[Any, str | None] | None = None  # (current.json's stat, its build folder)
         self._masks: dict[tuple[int, int], tuple[Any, Any, np.ndarray]] = {}  # (index, admitted ids) -> mask
+
+    def _published(self) -> str | None:
+        """The live build's folder name; ``current.json`` is read again only when the file changed
+        (a stat per query instead of a read: ``kb ingest`` replaces the file, never edits it)."""
+        path = lexical_dir(self.index_dir) / "current.json"
+        try:
+            info = os.stat(path)
+            stamp: Any = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except OSError:
+            stamp = None
+        if self._state is None or self._state[0] != stamp:
+            self._state = (stamp, (read_state(self.index_dir) or {}).get("dir"))
+        return self._state[1]
 
     def index(self, store: ChunkStore) -> LexicalIndex:
         total = store.count()
-        key = ((read_state(self.index_dir) or {}).get("dir") if self.index_dir else None, total)
+        key = (self._published() if self.index_dir else None, total)
         current = self._current
         if current is None or current[0] != key:
             index = open_lexical(self.index_dir, store) if self.index_dir else build_from_store(store)

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ingest.embeddings.fast_embed import one_blas_thread
 from ingest.errors import EmbeddingMismatchError, KbError
 from ingest.store.base import PAGE, ChunkStore, Chunks, Filter, Hit, LexicalHits, ReadOnlyStoreError, in_order
+from ingest.store.blas import one_blas_thread
 from ingest.store.chroma import open_store  # chromadb itself is imported only when it connects
 from ingest.store.lexical import LexicalSide
 from ingest.store.stamp import bump, read_stamp
@@ -132,7 +132,8 @@ class _Snapshot:
         self.fingerprint = state["fingerprint"]
         self.model_id = state.get("model_id")
         self.dimension = state.get("dimension")
-        self.vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        # Memory-mapped, seen as a plain ndarray: a row of an np.memmap is another memmap object (slower to make).
+        self.vectors = np.asarray(np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False))
         self.norms = np.load(folder / "norms.npy", allow_pickle=False)
         self._db = sqlite3.connect(f"{(folder / 'chunks.sqlite').resolve().as_uri()}?mode=ro", uri=True,
                                    check_same_thread=False)
@@ -153,6 +154,19 @@ class _Snapshot:
                     f"SELECT pos, id, document, metadata FROM chunks WHERE {column} IN ({marks})", part
                 ):
                     found[pos if column == "pos" else cid] = (pos, cid, text or "", json.loads(meta) if meta else {})
+        return [found[key] for key in keys if key in found]
+
+    def ids(self, column: str, keys: Sequence[Any]) -> list[tuple[int, str]]:
+        """(pos, id) of the rows whose ``column`` is in ``keys``, in the order of ``keys``: no text, no
+        metadata read (ranking needs neither)."""
+        found: dict[Any, tuple[int, str]] = {}
+        keys = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for pos, cid in self._db.execute(f"SELECT pos, id FROM chunks WHERE {column} IN ({marks})", part):
+                    found[pos if column == "pos" else cid] = (pos, cid)
         return [found[key] for key in keys if key in found]
 
     def page(self, start: int, stop: int) -> list[tuple[int, str, str, dict[str, Any]]]:
@@ -265,7 +279,10 @@ class SnapshotStore:
         snapshot = self._fresh()
         if snapshot is None:
             return self.real_store().get(ids, texts=texts, metadatas=metadatas, vectors=vectors)
-        rows = snapshot.rows("id", list(ids))
+        if not texts and not metadatas:  # vectors (or ids) only: the rows' text and metadata are not read
+            rows = [(pos, cid, None, None) for pos, cid in snapshot.ids("id", list(ids))]
+        else:
+            rows = snapshot.rows("id", list(ids))
         found = {cid: (text, meta, snapshot.vectors[pos] if vectors else None) for pos, cid, text, meta in rows}
         chunks = in_order(list(ids), found, texts=texts, metadatas=metadatas, vectors=vectors)
         if vectors:
@@ -280,6 +297,17 @@ class SnapshotStore:
         hits = snapshot.nearest(vector, k, positions)
         rows = {row[0]: row for row in snapshot.rows("pos", [p for p, _ in hits])}
         return [Hit(rows[p][1], distance, rows[p][2], rows[p][3]) for p, distance in hits]
+
+    def nearest_ids(self, vector: Sequence[float], k: int, *, filter: Filter | None = None) -> list[tuple[str, float]]:
+        """``nearest`` without the chunks: (id, cosine distance), nearest first (the retriever reads
+        only the chunks it keeps)."""
+        snapshot = self._fresh()
+        if snapshot is None:
+            return [(hit.id, hit.distance) for hit in self.real_store().nearest(vector, k, filter=filter)]
+        positions = snapshot.admitted(filter) if filter is not None and not filter.empty else None
+        hits = snapshot.nearest(vector, k, positions)
+        ids = dict(snapshot.ids("pos", [p for p, _ in hits]))
+        return [(ids[p], distance) for p, distance in hits if p in ids]
 
     def lexical(self, query: str, *, filter: Filter | None = None) -> LexicalHits:
         if self._fresh() is None:

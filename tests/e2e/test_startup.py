@@ -1,6 +1,7 @@
-"""Startup hygiene: ``kb --help`` imports no heavy library, and a ``kb search`` process loads neither
+"""Startup hygiene: ``kb --help`` imports no heavy library, a ``kb search`` process loads neither
 torch nor chromadb yet returns what the slow path (sentence-transformers query embedding, Chroma's
-own store) returns.
+own store) returns, and neither ``kb search`` nor ``kb ask`` (against the loopback Databricks stub)
+imports any library of ``HEAVY_FOR_QUERIES``; ``kb search`` not even LangChain's runnables or openai.
 
 No timings are asserted here (bench/perf_bench.py prints them); these tests check what a process
 imports, which is what makes it fast, and that the fast path gives the same answers.
@@ -19,6 +20,11 @@ import pytest
 HEAVY_FOR_HELP = {"langchain_core", "langchain", "langchain_openai", "langgraph", "chromadb", "numpy", "torch",
                   "openai", "pydantic_settings", "sentence_transformers", "transformers", "fastapi", "bm25s"}
 NEVER_FOR_QUERIES = {"torch", "sentence_transformers", "transformers", "chromadb", "langchain_chroma"}
+# Issue 14: none of these on the kb search / kb ask path ("onnx" is the model-building package;
+# onnxruntime, which runs the encoder, is allowed). bm25s is only for building the BM25 index.
+HEAVY_FOR_QUERIES = NEVER_FOR_QUERIES | {"scipy", "sklearn", "langchain_community", "onnx", "pandas", "mlflow", "bm25s"}
+# kb search needs no chat model and no LangChain runnables (callbacks, tracers, langsmith).
+NOT_FOR_SEARCH = {"openai", "langchain_openai", "langsmith", "aiohttp"}
 
 
 def _imported(stderr: str) -> set[str]:
@@ -72,7 +78,7 @@ def test_search_process_loads_neither_torch_nor_chroma_and_matches_the_slow_path
 
     class ReferenceQueries(LocalMiniLMEmbeddings):
         def embed_query(self, text: str) -> list[float]:
-            return self.embed_documents([text])[0]  # torch + sentence-transformers
+            return self.embed_documents([text])[0]  # the ingest path: a batch through the same engine
 
     settings = load_settings()
     retriever = build_retriever(settings, k=4)
@@ -82,3 +88,37 @@ def test_search_process_loads_neither_torch_nor_chroma_and_matches_the_slow_path
     for item, document in zip(fast, slow):
         assert item["score"] == pytest.approx(document.metadata["score"], abs=2e-4)
     assert fast and fast[0]["source"] == "hr/pto.md"
+
+
+def _query_env(index_dir: Path, **extra: str) -> dict[str, str]:
+    return _clean_env(KB_INDEX_DIR=str(index_dir), KB_USAGE_LEDGER=str(index_dir.parent / "startup-usage.sqlite"),
+                      DATABRICKS_CONFIG_FILE=str(index_dir.parent / "no-databrickscfg"), **extra)
+
+
+@pytest.mark.slow
+def test_search_process_imports_no_heavy_module(indexed: Path) -> None:
+    result = _run(["search", "How many vacation days do I get?", "-k", "3"], env=_query_env(indexed))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hr/pto.md" in result.stdout
+    loaded = _imported(result.stderr)
+    assert {"numpy", "pydantic_settings"} <= loaded  # the importtime parse works
+    assert not (loaded & HEAVY_FOR_QUERIES), f"kb search imported {sorted(loaded & HEAVY_FOR_QUERIES)}"
+    assert not (loaded & NOT_FOR_SEARCH), f"kb search imported {sorted(loaded & NOT_FOR_SEARCH)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["hybrid", "dense"])
+def test_ask_process_imports_no_heavy_module(indexed: Path, stub_server, mode: str) -> None:
+    from tests.conftest import CANARY
+    from tests.databricks_stub import Reply
+
+    stub_server.reset()
+    stub_server.enqueue(Reply("You get 25 vacation days a year [1]."))
+    env = _query_env(indexed, DATABRICKS_TOKEN=CANARY, base_url=stub_server.base_url, KB_MIN_RELEVANCE="0")
+    result = _run(["ask", "How many vacation days do I get?", "--mode", mode], env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "25 vacation days a year [1]" in result.stdout and "hr/pto.md" in result.stdout
+    assert len(stub_server.chat_requests()) == 1
+    loaded = _imported(result.stderr)
+    assert {"langchain_openai", "openai", "numpy"} <= loaded  # the parse sees the prefetch thread's imports too
+    assert not (loaded & HEAVY_FOR_QUERIES), f"kb ask imported {sorted(loaded & HEAVY_FOR_QUERIES)}"
