@@ -37,7 +37,7 @@ from ingest.store.lexical import sync_lexical
 from ingest.store.snapshot import sync_snapshot
 from ingest.store.vector_search import delete_all, open_vector_store
 from ingest.sync.isolation import ParseLimits, ParseWorker
-from ingest.sync.plan import ProgressFn, Summary, file_changes, make_plan, plan_summary
+from ingest.sync.plan import PhaseFn, ProgressFn, Summary, file_changes, make_plan, plan_summary
 from ingest.sync.records import NoRecords, Records, records_path
 from ingest.sync.writer import apply_plan
 from ingest.volumes import VolumeSource, volume_path
@@ -64,6 +64,7 @@ def ingest(
     vector_search: Any = None,
     workspace: Callable[[], Any] | None = None,
     notice: Callable[[str], None] | None = None,
+    phase: PhaseFn | None = None,
 ) -> Summary:
     """Bring the index at ``index_dir`` (or on the Chroma server ``chroma_url``) in line with ``paths``.
 
@@ -74,7 +75,9 @@ def ingest(
     ``vector_search``: an ``ingest.store.vector_search.VectorSearchConfig``: keep that Databricks Vector
     Search index in sync instead of Chroma. ``workspace``: makes the ``WorkspaceClient`` that Vector Search
     and ``/Volumes/...`` paths (``ingest.volumes``) use. ``notice``: one-line progress messages (waiting
-    for the endpoint or index, volume downloads).
+    for the endpoint or index, volume downloads). ``phase``: (phase, done, total) as the run moves on:
+    "opening" the index, "scanning", "reading" files, "lexical" (BM25 and snapshot); the embedding and
+    writing in between are reported through ``progress``.
     """
     started = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -84,7 +87,7 @@ def ingest(
         if parse_limits is not None:  # the child process starts only once a file needs parsing
             parser = stack.enter_context(ParseWorker(replace(parse_limits, max_bytes=max_bytes)))
         options = {"max_bytes": max_bytes, "exclude": [index_dir], "parser": parser, "checksum": checksum,
-                   "max_chunks": max_chunks, "access_default": access_default}
+                   "max_chunks": max_chunks, "access_default": access_default, "phase": phase}
         if any(volume_path(p) is not None for p in paths):
             if workspace is None:
                 raise UsageError("volume paths (/Volumes/...) need a Databricks workspace (DATABRICKS_HOST)")
@@ -104,6 +107,8 @@ def ingest(
             summary.seconds = round(time.perf_counter() - started, 3)
             return summary
         with writer_lock(index_dir), chroma_errors(chroma_url or str(index_dir)):
+            if phase:
+                phase("opening", 0, 0)
             client = connect(index_dir, chroma_url, create=True)
             target = open_target(client, embeddings, rebuild=rebuild, where=chroma_url or str(index_dir),
                                  index_dir=index_dir, local=not chroma_url)
@@ -123,6 +128,8 @@ def ingest(
             summary.files = file_changes(plan)
             summary.truncated = plan.truncated
             summary.relabelled = len(plan.relabel)
+            if phase:
+                phase("lexical", 0, 0)
             sync_lexical(index_dir, store)  # BM25 index: same chunks as the store, rebuilt when they changed
             if not chroma_url:  # queries read this copy without importing chromadb (ingest/store/snapshot.py)
                 sync_snapshot(index_dir, store)
