@@ -35,6 +35,7 @@ from ingest.textio import size_cap_reason
 from ingest.volumes import volume_path
 
 ProgressFn = Callable[[int, int], None]  # (chunks done, chunks total)
+PhaseFn = Callable[[str, int, int], None]  # (phase, done, total): "opening", "scanning", "reading" files, "lexical"
 RACY_NS = 2_000_000_000  # a file modified within 2 s of being read is hashed again next time
 
 
@@ -131,7 +132,7 @@ class Plan:
 def make_plan(
     paths: Iterable[Path], records: Records | NoRecords, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     exclude: Iterable[Path] = (), parser: ParseWorker | None = None, checksum: bool = False,
-    max_chunks: int | None = None, access_default: str = "all", remote: Any = None,
+    max_chunks: int | None = None, access_default: str = "all", remote: Any = None, phase: PhaseFn | None = None,
 ) -> Plan:
     """Compare the files under ``paths`` with the records: what to add, re-embed, delete, skip.
 
@@ -139,8 +140,10 @@ def make_plan(
     ``checksum``: hash every file, even when its size and modification time match the record.
     ``max_chunks``: keep at most that many chunks of a file (the rest is reported, not indexed).
     ``access_default``: ``KB_ACCESS_DEFAULT`` (``all``: a document no access rule covers is readable
-    by everyone; ``none``: by no one).
+    by everyone; ``none``: by no one). ``phase``: told "scanning", then "reading" (files done, files total).
     """
+    if phase:
+        phase("scanning", 0, 0)
     known_roots = records.roots()
     found = _discover_all(list(paths), known_roots, exclude, remote)
     plan = Plan(scopes=found.scopes, skipped=list(found.skipped))
@@ -148,7 +151,9 @@ def make_plan(
     seen: set[tuple[Path, str]] = set()
     options = _Options(max_bytes, parser, checksum, max_chunks,
                        {root: load_rules(root, access_default) for root in plan.roots})
-    for file in found.files:
+    for number, file in enumerate(found.files):
+        if phase:
+            phase("reading", number, len(found.files))
         seen.add((file.root, file.source))
         _plan_file(plan, file, known[file.root].get(file.source), options)
     for root in plan.roots:
@@ -231,7 +236,9 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, options: _
             previous.chunks_total, options.max_chunks or previous.chunks_total)
         if not same_stat and not cut_differently:
             plan.touched.append((file, stat.st_size, stat.st_mtime_ns))
-        if previous.skip_reason is None and not cut_differently:
+        # an index made by an older loader/splitter (LOADER_VERSION) is re-parsed: its chunks would
+        # otherwise mix with chunks split or embedded another way; unchanged chunk ids are kept
+        if previous.skip_reason is None and not cut_differently and previous.version == LOADER_VERSION:
             plan.unchanged.append(file.source)
             _plan_labels(plan, file, previous, options)
             if previous.chunks_total is not None:  # still cut: said on every run, like a skip
@@ -253,11 +260,11 @@ def _plan_file(plan: Plan, file: SourceFile, previous: Record | None, options: _
         chunks_total = len(chunks)
         chunks = chunks[: options.max_chunks]
         plan.truncated.append(_cut_note(file, chunks_total, len(chunks)))
-    ids = [chunk_id(file.root, file.source, c.metadata["chunk"], c.text) for c in chunks]
+    ids = [chunk_id(file.root, file.source, c.metadata["chunk"], c.embedded) for c in chunks]
     access, front = options.labels(file)
     for chunk in chunks:
         chunk.metadata["root"] = str(file.root)
-        chunk.metadata["text_sha"] = text_sha(chunk.text)
+        chunk.metadata["text_sha"] = text_sha(chunk.embedded)  # what the vector was computed from
         chunk.metadata[ACCESS_KEY] = list(access)
         chunk.metadata[LABELLED_KEY] = True
     indexed_before = previous is not None and previous.skip_reason is None

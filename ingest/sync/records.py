@@ -19,7 +19,9 @@ from pathlib import Path
 
 
 RECORDS_FILE = "records.sqlite"
-LOADER_VERSION = 2  # bump when loading/splitting changes: cached skips are then retried
+# bump when loading, splitting or what is embedded changes: cached skips are retried and indexed
+# files re-parsed (chunks whose embedded text is unchanged keep their ids and vectors)
+LOADER_VERSION = 3  # 3: chunks embedded under their context header (ingest.split.Chunk.embedded)
 
 
 def records_path(index_dir: Path) -> Path:

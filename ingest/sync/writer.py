@@ -157,7 +157,7 @@ def _write_chunks(pending, store: ChunkStore, embeddings, records, state: _Progr
                 _fill_reused(batch, store)
             todo = [i for i, v in enumerate(batch.vectors) if v is None]
             if todo:
-                batch.future = executor.submit(_embed, embeddings, [batch.chunks[i].text for i in todo])
+                batch.future = executor.submit(_embed, embeddings, [batch.chunks[i].embedded for i in todo])
             in_flight.append((batch, [entry for _, _, entry in part]))
             while len(in_flight) > workers:  # keep the workers busy, hold at most one batch waiting
                 _finish(in_flight.popleft(), store, records, state)

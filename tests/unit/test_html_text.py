@@ -130,3 +130,39 @@ def test_text_outside_the_body_element_is_kept(tmp_path: Path) -> None:
     html = "<html><head><title>T</title></head>Before body.<body><p>In body.</p></body></html>After html."
     text = load(_write(tmp_path, html)).sections[0].text  # browsers show both; html.parser leaves them outside
     assert "Before body." in text and "In body." in text and "After html." in text and "T" not in text.split()
+
+
+def test_documentation_chrome_marked_by_class_is_left_out(tmp_path: Path) -> None:
+    html = """<html><head><title>CREATE TABLE</title></head><body>
+    <div class="navheader"><table><tr><td><a href="p.html">Prev</a></td><td>SQL Commands</td></tr></table></div>
+    <div class="refentry"><h2>CREATE TABLE<a class="headerlink" href="#x">¶</a></h2><p>Define a new table.</p>
+    <section><div class="footer">Section footer kept.</div></section></div>
+    <div class="sphinxsidebar">Quick search box</div><ul class="breadcrumbs"><li>Docs</li><li>SQL</li></ul>
+    <div class="navfooter"><table><tr><td>Prev</td><td>Up</td><td>Next</td></tr></table></div>
+    <div class="footer">© Copyright 2001-2026. Created using Sphinx.</div></body></html>"""
+    text = load(_write(tmp_path, html)).sections[0].text
+    assert "## CREATE TABLE\n" in text and "Define a new table." in text and "¶" not in text
+    for dropped in ("Prev", "SQL Commands", "Quick search", "Docs", "Copyright"):
+        assert dropped not in text
+    assert "Section footer kept." in text  # a footer div inside a section belongs to that section
+
+
+def test_the_site_suffix_leaves_the_title_and_in_page_contents_are_left_out(tmp_path: Path) -> None:
+    html = """<html><head><title>subprocess — Subprocess management — Python 3.11 documentation</title></head>
+    <body><div class="toc">Table of Contents 1. Using 2. Security</div>
+    <div class="toctree-wrapper"><ul><li>Other page heading</li></ul></div>
+    <h1>subprocess — Subprocess management<a class="headerlink" href="#s">¶</a></h1>
+    <h2>Using the module</h2><dl class="py function"><dt id="subprocess.run">subprocess.run(<em>args</em>)</dt>
+    <dd><p>Run the command described by args.</p></dd></dl></body></html>"""
+    document = load(_write(tmp_path, html))
+    assert document.title == "subprocess — Subprocess management"
+    text = document.sections[0].text
+    assert "Table of Contents" not in text and "Other page heading" not in text
+    assert "subprocess.run(args)" in text and "Run the command" in text
+    chunk = next(c for c in split_document(document) if "Run the command" in c.text)
+    assert chunk.metadata["context"] == "subprocess — Subprocess management › Using the module"
+
+
+def test_a_title_that_only_starts_like_the_heading_is_kept(tmp_path: Path) -> None:
+    html = "<html><head><title>Expenses and travel</title></head><body><h1>Expenses</h1><p>Text.</p></body></html>"
+    assert load(_write(tmp_path, html)).title == "Expenses and travel"

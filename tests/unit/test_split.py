@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ingest.documents import LoadedDocument, Section
-from ingest.split import CHUNK_SIZE, split_document
+from ingest.split import CHUNK_SIZE, context_header, split_document
 
 
 def test_markdown_splits_by_heading_then_size() -> None:
@@ -45,3 +45,24 @@ def test_pages_never_merge_and_splitting_is_deterministic() -> None:
     first = split_document(document)
     assert [(c.metadata["page"], c.text) for c in first] == [(1, "Page one text."), (2, "Page two text.")]
     assert split_document(document) == first
+
+
+def test_chunks_are_embedded_under_their_title_and_section_path_but_read_clean() -> None:
+    text = "# Paid time off\n\nIntro.\n\n## Carry-over\n\nUp to 5 days move to next year.\n"
+    chunks = split_document(LoadedDocument("hr/pto.md", "Paid time off", "markdown", [Section(text)]))
+    last = chunks[-1]
+    assert last.metadata["section"] == "Paid time off > Carry-over"
+    assert last.metadata["context"] == "Paid time off › Carry-over"  # the heading repeating the title is said once
+    assert last.embedded == "Paid time off › Carry-over\n\n" + last.text
+    assert last.text.startswith("## Carry-over") and "›" not in last.text
+    plain = split_document(LoadedDocument("hr/pto.md", "Paid time off", "markdown", [Section(text)]), context=False)
+    assert "context" not in plain[-1].metadata and plain[-1].embedded == plain[-1].text
+
+
+def test_context_header_keeps_the_longer_of_a_title_and_a_heading_that_repeat() -> None:
+    assert context_header("datetime — Python 3.11 documentation", "datetime > Aware and Naive Objects") == (
+        "datetime — Python 3.11 documentation › Aware and Naive Objects")
+    assert context_header("Expenses", "Expenses policy > Meals") == "Expenses policy › Meals"
+    assert context_header("", "") == "" and context_header("T", "") == "T"
+    long = context_header("T" * 200, "S" * 500)
+    assert len(long) == 300 and long.endswith("…")  # the header leaves most of the model's window to the chunk
