@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     search_mode: Literal["dense", "bm25", "hybrid"] = Field("hybrid", validation_alias=_env("KB_SEARCH_MODE"))
     max_per_source: int = Field(3, ge=0, le=50, validation_alias=_env("KB_MAX_PER_SOURCE"))
     min_relevance: float | None = Field(None, ge=0, le=1, validation_alias=_env("KB_MIN_RELEVANCE"))
+    # Hybrid fusion (agent/rag/retrieval.py) and the opt-in second stage (agent/rag/rerank.py).
+    fusion: Literal["convex", "rrf"] = Field("convex", validation_alias=_env("KB_FUSION"))
+    fusion_alpha: float = Field(0.75, ge=0, le=1, validation_alias=_env("KB_FUSION_ALPHA"))
+    rrf_k: int = Field(60, ge=1, le=10_000, validation_alias=_env("KB_RRF_K"))
+    rrf_bm25_weight: float = Field(1.0, ge=0, le=10, validation_alias=_env("KB_RRF_BM25_WEIGHT"))
+    rerank: Literal["off", "llm"] = Field("off", validation_alias=_env("KB_RERANK"))
+    rerank_candidates: int = Field(20, ge=2, le=100, validation_alias=_env("KB_RERANK_CANDIDATES"))
+    rerank_timeout: float = Field(20.0, gt=0, le=600, validation_alias=_env("KB_RERANK_TIMEOUT"))
     agent_max_steps: int = Field(8, ge=1, le=100, validation_alias=_env("KB_AGENT_MAX_STEPS"))
     chat_history_tokens: int = Field(6000, ge=0, le=1_000_000, validation_alias=_env("KB_CHAT_HISTORY_TOKENS"))
     # HTTP API (kb serve): callers' keys and limits.
@@ -393,3 +401,33 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid {name}: {message}") from None
     except Exception as exc:  # pydantic-settings raises SettingsError for undecodable sources
         raise ConfigError(f"invalid settings: {' '.join(str(exc).split())[:200]}") from None
+
+
+def parse_overrides(specs: list[str] | tuple[str, ...], *, option: str) -> dict[str, str]:
+    """``["KB_SEARCH_MODE=bm25", "KB_FUSION_ALPHA=0.6"]`` -> {field name: raw value}; an unknown or
+    secret variable, or a spec without ``=``, is a ``ConfigError`` of one line naming it."""
+    by_env = {env.lower(): name for name, env in ENV_NAMES.items()}
+    out: dict[str, str] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option} '{spec[:80]}': expected KEY=VALUE, e.g. KB_SEARCH_MODE=bm25")
+        name = by_env.get(key.lower())
+        if name is None:
+            raise ConfigError(f"{option}: unknown setting '{key[:80]}' (use the KB_... names of docs/configuration.md)")
+        annotation = str(Settings.model_fields[name].annotation)
+        if "SecretStr" in annotation:
+            raise ConfigError(f"{option}: {key} is a secret and cannot be overridden on the command line")
+        out[name] = value.strip()
+    return out
+
+
+def settings_with(settings: Settings, overrides: dict[str, str]) -> Settings:
+    """The settings ``load_settings`` gives with ``overrides`` (field name -> raw value) on top of the
+    environment, validated like it (a bad value is a ``ConfigError`` naming the variable); the
+    caller's ``as_groups`` (``--as-groups``) is kept."""
+    if not overrides:
+        return settings
+    base: dict[str, Any] = {"as_groups": settings.as_groups} if settings.as_groups is not None else {}
+    return load_settings(**base, **overrides)

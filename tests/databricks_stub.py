@@ -45,6 +45,7 @@ __all__ = [
     "CHAT_ALLOWED_FIELDS",
     "EMBEDDINGS_ALLOWED_FIELDS",
     "embed_text",
+    "ranking_reply",
 ]
 
 CHAT_PATH = "/serving-endpoints/chat/completions"
@@ -156,6 +157,23 @@ def embed_text(text: str, dim: int = 16) -> list:
         vec[0] = 1.0  # avoid a zero vector (cosine similarity would be NaN)
         return vec
     return [x / norm for x in vec]
+
+
+_PASSAGE_RE = re.compile(r'<passage n="(\d{1,4})"')
+
+
+def ranking_reply(order: Optional[Callable[[list], list]] = None, *, text: str = "{ranking}", **reply: Any) -> Callable[[dict], Reply]:
+    """A chat responder that answers a rerank prompt with a ranking of its numbered passages:
+    ``order(numbers)`` -> the numbers best first (default: reversed); ``text`` formats the reply
+    (``{ranking}`` is "3, 2, 1"). Usable with ``enqueue`` or as ``default_responder``."""
+
+    def respond(body: dict) -> Reply:
+        last = (body.get("messages") or [{}])[-1]
+        numbers = [int(n) for n in _PASSAGE_RE.findall(_content_text(last.get("content")))]
+        ranked = (order or (lambda ns: list(reversed(ns))))(numbers)
+        return Reply(text.format(ranking=", ".join(str(n) for n in ranked)), **reply)
+
+    return respond
 
 
 def _content_text(content: Any) -> str:

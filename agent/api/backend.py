@@ -181,8 +181,12 @@ class ModelCache:
         to its ``astream``."""
         entry = self._entry(caller, "kb-rag", overrides, groups)
         if entry.service is None:
+            from agent.rag.rerank import build_reranker
+
+            reranker = None if self._llm_override else build_reranker(  # KB_RERANK: counted as this caller's
+                self.settings, command="serve", usage_extra={"caller": caller, "model": "kb-rag"})
             entry.service = AnswerService(self.settings, llm=entry.llm, retriever=_SharedRetriever(self),
-                                          limiter=self.retrieval_limiter())
+                                          limiter=self.retrieval_limiter(), reranker=reranker)
         return entry.service
 
     def assistant_factory(self, caller: str, overrides: dict[str, Any] | None = None,

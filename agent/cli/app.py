@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent import __version__
-from agent.cli.status import Status, stop_all
+from agent.cli.status import adopt, pause_early, stderr_console, stop_all
 from agent.errors import IngestError, KbError, StreamInterruptedError, UsageError, public_message  # public_message: secrets masked
 from agent.observability.logs import configure_logging
 from agent.observability.tracing import traced_command  # MLflow only when KB_MLFLOW_TRACKING_URI is set
@@ -35,7 +35,7 @@ app = typer.Typer(
 # Untrusted text (documents, file names, answers) is printed through agent.terminal: no emoji
 # codes on these consoles, markup escaped, terminal control sequences stripped.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+err = stderr_console()  # Console(stderr=True, highlight=False, soft_wrap=True, emoji=False), shared with the early status
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -81,6 +81,7 @@ def _main(
     log_json: Annotated[bool, typer.Option("--log-json", help="Write logs as JSON lines (secrets redacted).")] = False,
 ) -> None:
     """kb: answers over internal documents with a Databricks-served LLM."""
+    pause_early()  # the command's arguments are parsed next: a usage error must not share the status line
     _AS_GROUPS[0] = None
     configure_logging(verbose=verbose, json_format=log_json)
 
@@ -142,29 +143,33 @@ def ingest(
     Databricks source) and source code; other files are skipped and reported.
     """
     _use_profile(profile)
-    from agent.rag.retrieval import build_embeddings  # heavy: langchain_core
-    from ingest.sync.isolation import ParseLimits  # heavy: the format parsers' registry (~50 ms)
-    from ingest.sync.job import ingest as run_ingest  # heavy: numpy, the Chroma adapter
+    from agent.cli.ingest_progress import IngestDisplay  # phases from the first second (Rich only)
 
     settings = _settings()
     targets = paths or [settings.knowledge_dir]
     _check_targets(targets)  # a missing path: one line, and no empty index folder left behind
     check_index_dir(settings.index_dir, create=not dry_run)  # unusable KB_INDEX_DIR: one line, before loading a model
-    from agent.databricks.workspace import vector_search_config, workspace_client  # heavy: pydantic-settings
+    display = IngestDisplay(err, enabled=not as_json and not dry_run)
+    with display:  # shows "starting" while the imports below load
+        from agent.databricks.workspace import vector_search_config, workspace_client  # heavy: pydantic-settings
+        from agent.rag.retrieval import build_embeddings  # heavy: langchain_core
+        from ingest.sync.isolation import ParseLimits  # heavy: the format parsers' registry (~50 ms)
+        from ingest.sync.job import ingest as run_ingest  # heavy: numpy, the Chroma adapter
 
-    vector_search = vector_search_config(settings)  # KB_VECTOR_STORE=databricks: a missing KB_VS_* fails here
-    embeddings = None if dry_run else build_embeddings(settings, command="ingest")
-    if settings.embeddings == "databricks" and embeddings is not None:
-        embeddings.batch_size = settings.embedding_batch
-        embeddings.max_concurrency = settings.embedding_concurrency
-    with _progress(enabled=not as_json and not dry_run) as progress:
+        vector_search = vector_search_config(settings)  # KB_VECTOR_STORE=databricks: a missing KB_VS_* fails here
+        embeddings = None if dry_run else build_embeddings(settings, command="ingest")
+        if settings.embeddings == "local" and embeddings is not None:  # the model loads as a phase of its own
+            display.preload = lambda: embeddings.embed_documents(["kb ingest: loading the embedding model"])
+        if settings.embeddings == "databricks" and embeddings is not None:
+            embeddings.batch_size = settings.embedding_batch
+            embeddings.max_concurrency = settings.embedding_concurrency
         summary = run_ingest(
-            targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=progress,
+            targets, settings.index_dir, embeddings, dry_run=dry_run, rebuild=rebuild, progress=display.progress,
             chroma_url=settings.chroma_url, max_bytes=int(settings.max_file_mb * 1024 * 1024), checksum=checksum,
             parse_limits=ParseLimits(timeout=settings.parse_timeout, memory_mb=settings.parse_memory_mb),
             max_chunks=settings.max_chunks_per_file, access_default=settings.access_default,
             vector_search=vector_search, workspace=lambda: workspace_client(settings),
-            notice=lambda line: err.print(markup(line, line=True)),
+            notice=lambda line: err.print(markup(line, line=True)), phase=display.phase,
         )
     where = f"Vector Search index {vector_search.index}" if vector_search else settings.chroma_url or str(settings.index_dir)
     indexed = summary.added + summary.changed + summary.unchanged
@@ -289,13 +294,13 @@ def search(
     """Find the passages closest to QUERY. Needs no LLM and no network."""
     _use_profile(profile)
     _use_groups(as_groups)
-    from agent.rag.retrieval import build_retriever, search_json  # heavy: langchain_core
+    from agent.rag.search import build_search, search_json  # heavy: numpy, the index (no LangChain runnables)
 
     settings = _settings()
-    retriever = build_retriever(settings, k=k, mode=mode)
-    documents = retriever.invoke(query)
+    searcher = build_search(settings, k=k, mode=mode)
+    documents = searcher.invoke(query)
     if as_json:
-        print(json.dumps(search_json(query, documents, explain=explain, mode=retriever.mode), indent=2, ensure_ascii=False))
+        print(json.dumps(search_json(query, documents, explain=explain, mode=searcher.mode), indent=2, ensure_ascii=False))
     else:
         _print_passages(documents)
         _print_explain(documents, explain)
@@ -342,19 +347,18 @@ def ask(
     """Answer QUESTION from the indexed documents with numbered citations, streamed."""
     _use_profile(profile)
     _use_groups(as_groups)
-    status = Status(err, enabled=not as_json)  # a terminal's sign of life, before the heavy imports
+    status = adopt(err, enabled=not as_json)  # a terminal's sign of life, shown since agent.cli.main
     status.show("searching…")
-    from agent.rag.answer import Answer  # heavy: langchain_core (these four)
-    from agent.rag.retrieval import build_retriever, search_json
-    from agent.rag.service import AnswerService
-    from agent.usage.tokens import UNKNOWN
+    from agent.rag.search import build_search, search_json  # heavy: numpy, the index (no LangChain runnables)
 
     settings = _settings()
-    retriever = build_retriever(settings, k=k, command="ask", mode=mode)
+    searcher = build_search(settings, k=k, command="ask", mode=mode)
     if not settings.llm_configured:
+        from agent.usage.tokens import UNKNOWN  # heavy: langchain_core
+
         missing = " and ".join(settings.missing_llm_settings())
         notice = f"no Databricks model configured: set {missing} to get answers; showing the retrieved passages instead"
-        documents = retriever.invoke(question)
+        documents = searcher.invoke(question)
         status.stop()
         if as_json:
             data = search_json(question, documents, explain=explain)
@@ -366,7 +370,21 @@ def ask(
             _print_explain(documents, explain)
         return
 
-    service = AnswerService.from_settings(settings, command="ask", retriever=retriever)
+    # The answer stack (LangChain, langchain_openai, openai: most of a fresh kb ask) is imported on a
+    # thread while this one loads the encoder, embeds the question and searches (NumPy and ONNX
+    # Runtime release the GIL); the answer service then retrieves again, warm (agent.cli.prefetch).
+    from agent.cli.prefetch import prefetch
+
+    loading = prefetch("agent.rag.service", "agent.databricks.llm", "agent.cli.repl")
+    try:
+        searcher.invoke(question)
+    finally:
+        loading.join()  # also before an error's exit: no thread left importing at interpreter shutdown
+    from agent.rag.answer import Answer  # heavy: langchain_core (these three; imported by now)
+    from agent.rag.retrieval import retriever_for
+    from agent.rag.service import AnswerService
+
+    service = AnswerService.from_settings(settings, command="ask", retriever=retriever_for(searcher))
     result: Any = None
     try:
         for kind, value in service.stream(question):
@@ -429,7 +447,7 @@ def chat(
     """Chat with the documents: follow-up questions, streamed cited answers; /sources /reset /exit."""
     _use_profile(profile)
     _use_groups(as_groups)
-    status = Status(err)  # "loading…" until the prompt (stderr terminals only)
+    status = adopt(err)  # "loading…" until the prompt (stderr terminals only; shown since agent.cli.main)
     status.show("loading…")
     from agent.cli.repl import Terminal, chat_repl  # heavy: langchain_core, langchain_openai
     from agent.rag.history import check_session_name  # heavy: langchain_core
@@ -453,7 +471,7 @@ def agent(
     """Let the assistant search, read and calculate over the documents; shows each tool call, then the cited answer."""
     _use_profile(profile)
     _use_groups(as_groups)
-    status = Status(err, enabled=not as_json)  # a terminal's sign of life, before the heavy imports
+    status = adopt(err, enabled=not as_json)  # a terminal's sign of life, shown since agent.cli.main
     status.show("thinking…")
     from agent.cli.repl import Terminal, run_agent_task  # heavy: langchain_core, langchain_openai
 
@@ -503,16 +521,30 @@ def eval_(
         typer.Option("--fail-under", help="METRIC=VALUE (e.g. nDCG@10=0.8, hybrid:hit@5=0.9); exit 1 if missed. Repeatable."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option("--compare", help="KEY=VALUE: compare the current settings with these changed (e.g. KB_SEARCH_MODE=bm25). Repeatable.",
+                     metavar="KEY=VALUE"),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option("--baseline", help="KEY=VALUE: change the baseline side of --compare too (e.g. KB_INDEX_DIR=.kb-old). Repeatable.",
+                     metavar="KEY=VALUE"),
+    ] = None,
     profile: ProfileOption = None,
     as_groups: AsGroupsOption = None,
 ) -> None:
-    """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode) and optionally answers on a gold set."""
+    """Measure retrieval (hit@k, recall@10, MRR, nDCG@10 per mode and per question kind) and optionally answers on a gold set."""
     _use_profile(profile)
     _use_groups(as_groups)
     from agent.evaluation.evaluate import EvalThresholdError, failed_checks_message, run_eval  # heavy: langchain_core
     from agent.evaluation.report import print_report  # heavy: decimal + Rich tables (~9 ms)
 
     settings = _settings()
+    if compare or baseline:
+        _compare(settings, gold, compare or [], baseline or [], as_json=as_json,
+                 others=bool(modes or answers or fail_under))
+        return
     with _progress(enabled=not as_json, label="evaluating questions") as progress:
         report = run_eval(
             settings, gold, modes=modes or ("dense", "bm25", "hybrid"), answers=answers,
@@ -524,6 +556,30 @@ def eval_(
         print_report(report, out)
     if not report["ok"]:
         raise EvalThresholdError(failed_checks_message(report))
+
+
+def _compare(settings: Any, gold: Path, compare: list[str], baseline: list[str], *, as_json: bool, others: bool) -> None:
+    """kb eval --compare: the baseline and the variant settings, validated, then both runs and the diff."""
+    from agent.evaluation.compare import run_compare
+    from agent.evaluation.report import print_compare
+    from agent.settings import parse_overrides, settings_with
+
+    if others:
+        raise UsageError("--compare runs each side in its own KB_SEARCH_MODE: drop --mode, --answers and --fail-under")
+    if not compare:
+        raise UsageError("--baseline needs --compare KEY=VALUE (the variant)")
+    base_overrides = parse_overrides(baseline, option="--baseline")
+    variant_overrides = parse_overrides(compare, option="--compare")
+    base = settings_with(settings, base_overrides)
+    variant = settings_with(settings, {**base_overrides, **variant_overrides})
+    labels = ("current settings" + "".join(f" + {spec}" for spec in baseline),
+              "current settings" + "".join(f" + {spec}" for spec in [*baseline, *compare]))
+    with _progress(enabled=not as_json, label="evaluating both configurations") as progress:
+        report = run_compare(base, variant, gold, labels=labels, on_question=progress)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print_compare(report, out)
 
 
 # ---------------------------------------------------------------- usage

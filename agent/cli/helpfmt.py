@@ -65,6 +65,9 @@ EXAMPLES: dict[str, list[str]] = {
         "kb eval gold.jsonl",
         "kb eval gold.jsonl --mode hybrid --fail-under nDCG@10=0.8",
         "kb eval gold.jsonl --answers --fail-under correct=0.7",
+        "kb eval gold.jsonl --compare KB_SEARCH_MODE=bm25",
+        "kb eval gold.jsonl --compare KB_FUSION=rrf --compare KB_RRF_K=30",
+        "kb eval gold.jsonl --baseline KB_INDEX_DIR=.kb1 --compare KB_INDEX_DIR=.kb2",
     ],
     "usage": [
         "kb usage",

@@ -142,7 +142,10 @@ class KbResponsesAgent(ResponsesAgent):
 
             return build_assistant(settings, llm=llm, retriever=retriever).with_config(callbacks=[tracer])
 
-        return AnswerService(settings, llm=llm, retriever=retriever), {"callbacks": [tracer]}
+        from agent.rag.rerank import build_reranker
+
+        reranker = build_reranker(settings, command="endpoint", usage_extra={"caller": caller, "model": self.model})
+        return AnswerService(settings, llm=llm, retriever=retriever, reranker=reranker), {"callbacks": [tracer]}
 
     def _overrides(self, request: ResponsesAgentRequest) -> dict[str, Any]:
         settings = self.settings()

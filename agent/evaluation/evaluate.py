@@ -29,6 +29,7 @@ from agent.evaluation.metrics import METRICS, canonical_metric, first_ranks, mea
 from agent.evaluation.report import report_json
 from agent.rag.failures import translate_failures
 from agent.rag.prompts import JUDGE_ANSWER_PROMPT, JUDGE_DECLINE_PROMPT, escape_untrusted, format_passages
+from agent.rag.rerank import build_reranker, retrieve
 from agent.rag.retrieval import MODES, best_relevance, build_retriever, min_relevance
 from agent.rag.service import AnswerService
 from agent.usage.tokens import collect_usage
@@ -87,12 +88,35 @@ class EvalThresholdError(KbError):
     exit_code = 1
 
 
+KINDS = ("lookup", "paraphrase", "multi", "unanswerable")
+UNSPECIFIED = "unspecified"
+# Id prefixes of the bundled gold sets (eval/*.jsonl), for records without a "kind".
+_KIND_PREFIXES = (("h-direct", "lookup"), ("direct", "lookup"), ("h-para", "paraphrase"), ("para", "paraphrase"),
+                  ("h-multi", "multi"), ("multi", "multi"), ("h-none", "unanswerable"), ("none", "unanswerable"),
+                  ("offtopic", "unanswerable"), ("lookup", "lookup"), ("unanswerable", "unanswerable"))
+
+
+def question_kind(kind: Any, qid: str, sources: Sequence[str]) -> str:
+    """The record's ``kind``; without one, the kind its id prefix names; a question without
+    sources is ``unanswerable`` whatever it says; else ``unspecified``."""
+    if not sources:
+        return "unanswerable"
+    if isinstance(kind, str) and kind.strip():
+        return kind.strip().lower()[:40]
+    lowered = qid.lower()
+    for prefix, name in _KIND_PREFIXES:
+        if lowered.startswith(prefix) and name != "unanswerable":
+            return name
+    return UNSPECIFIED
+
+
 @dataclass(frozen=True)
 class GoldQuestion:
     id: str
     question: str
     sources: tuple[str, ...]
     answer: str = ""
+    kind: str = UNSPECIFIED
 
     @property
     def answerable(self) -> bool:
@@ -139,7 +163,13 @@ def load_gold(path: Path) -> list[GoldQuestion]:
             raise UsageError(f"{where}: duplicate id '{qid}'")
         seen.add(qid)
         normalised = tuple(dict.fromkeys(s.strip().replace("\\", "/").removeprefix("./") for s in sources))
-        questions.append(GoldQuestion(qid, question.strip(), normalised, answer.strip()))
+        kind = row.get("kind")
+        if kind is not None and not isinstance(kind, str):
+            raise UsageError(f"{where}: 'kind' must be a string ({', '.join(KINDS)})")
+        if kind and kind.strip().lower() == "unanswerable" and normalised:
+            raise UsageError(f"{where}: kind 'unanswerable' but 'sources' is not empty")
+        questions.append(GoldQuestion(qid, question.strip(), normalised, answer.strip(),
+                                      question_kind(kind, qid, normalised)))
     if not questions:
         raise UsageError(f"{path} has no questions")
     return questions
@@ -181,17 +211,22 @@ def evaluate_retrieval(
     *,
     top_k: int = 5,
     on_question: Callable[[int, int], None] | None = None,
+    reranker: Any = None,
+    candidates: int = 20,
 ) -> dict[str, ModeResult]:
-    """Run every question in every mode (top 10); ``relevance`` is the best cosine in the first ``top_k``."""
+    """Run every question in every mode (top 10; reranked from the top ``candidates`` when there is a
+    ``reranker``, as ``kb ask`` does); ``relevance`` is the best cosine in the first ``top_k``."""
 
     results = {mode: ModeResult(mode) for mode in modes}
     for done, question in enumerate(questions, 1):
         for mode in modes:
-            documents = retriever.invoke(question.question, k=EVAL_K, mode=mode)
+            documents = retrieve(retriever, reranker, question.question, k=EVAL_K,
+                                 candidates=max(candidates, EVAL_K), mode=mode)
             ranked = [d.metadata.get("source") for d in documents]
             results[mode].rows.append(
                 {
                     "id": question.id,
+                    "kind": question.kind,
                     "question": question.question,
                     "sources": list(question.sources),
                     "retrieved": ranked,
@@ -233,6 +268,51 @@ def relevance_summary(result: ModeResult, floor: float) -> dict[str, Any]:
         summary["suggested_declines"] = refused(unanswerable, best)
         summary["suggested_refusals"] = refused(answerable, best)
     return summary
+
+
+# The settings that shape retrieval, by env name: what a report says it measured.
+RETRIEVAL_SETTINGS = ("KB_SEARCH_MODE", "KB_FUSION", "KB_FUSION_ALPHA", "KB_RRF_K", "KB_RRF_BM25_WEIGHT",
+                      "KB_MAX_PER_SOURCE", "KB_RERANK", "KB_RERANK_CANDIDATES", "KB_EMBEDDINGS", "KB_INDEX_DIR",
+                      "KB_MIN_RELEVANCE", "KB_TOP_K")
+
+
+def retrieval_settings(settings: Any) -> dict[str, str | None]:
+    """``RETRIEVAL_SETTINGS`` as strings (``None``: unset)."""
+    from agent.settings import ENV_NAMES
+
+    by_env = {env: name for name, env in ENV_NAMES.items()}
+    values = {env: getattr(settings, by_env[env], None) for env in RETRIEVAL_SETTINGS if env in by_env}
+    return {env: None if value is None else str(value) for env, value in values.items()}
+
+
+def declines(relevance: float | None, floor: float) -> bool:
+    """Whether ``kb ask``'s relevance gate declines a question whose best cosine is ``relevance``
+    (``agent.rag.retrieval.refusal``: nothing retrieved, or below a positive floor)."""
+    return relevance is None or (floor > 0 and relevance < floor)
+
+
+def metrics_by_kind(rows: Sequence[dict[str, Any]], floor: float) -> dict[str, dict[str, Any]]:
+    """Per question kind, then ``overall``: the retrieval metrics over its answerable questions and
+    ``refused`` (the relevance gate declines an answerable one: wrong), and for unanswerable
+    questions ``declined`` (the gate declines: right). Rates are ``None`` where a kind has no such question."""
+    kinds = list(dict.fromkeys([*(k for k in KINDS if any(r.get("kind") == k for r in rows)),
+                                *(str(r.get("kind") or UNSPECIFIED) for r in rows)]))
+    out: dict[str, dict[str, Any]] = {}
+    for kind in [*kinds, "overall"]:
+        mine = [r for r in rows if kind == "overall" or (r.get("kind") or UNSPECIFIED) == kind]
+        answerable = [r for r in mine if r["sources"]]
+        unanswerable = [r for r in mine if not r["sources"]]
+        entry: dict[str, Any] = {"questions": len(mine), "answerable": len(answerable)}
+        if answerable:
+            entry["metrics"] = {name: round(value, 4) for name, value in mean_metrics([r["metrics"] for r in answerable]).items()}
+            entry["refused"] = round(sum(declines(r.get("relevance"), floor) for r in answerable) / len(answerable), 4)
+        else:
+            entry["metrics"] = None
+            entry["refused"] = None
+        entry["declined"] = (round(sum(declines(r.get("relevance"), floor) for r in unanswerable) / len(unanswerable), 4)
+                             if unanswerable else None)
+        out[kind] = entry
+    return out
 
 
 def _spread(values: list[float]) -> dict[str, float] | None:
@@ -330,7 +410,7 @@ def evaluate_answers(
     with collect_usage() as usage:  # answers and judging; "unknown" unless every call reported usage
         for done, q in enumerate(questions, 1):
             answer = service.run(q.question, mode=mode)
-            row: dict[str, Any] = {"id": q.id, "question": q.question, "sources": list(q.sources),
+            row: dict[str, Any] = {"id": q.id, "kind": q.kind, "question": q.question, "sources": list(q.sources),
                                    "answer": answer.text, "refused": answer.refused, "cited": answer.sources}
             answer_text = escape_untrusted(answer.text)
             with translate_failures(endpoint=settings.chat_endpoint, base_url=settings.serving_base_url):
@@ -373,8 +453,10 @@ def evaluate_answers(
             if on_question:
                 on_question(done, len(questions))
         tokens = usage.totals()
-    return {"mode": mode, "floor": min_relevance(settings), "metrics": answer_metrics(rows), "usage": tokens,
-            "questions": rows}
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    return {"mode": mode, "floor": min_relevance(settings), "metrics": answer_metrics(rows),
+            "by_kind": {kind: answer_metrics([r for r in rows if r["kind"] == kind]) for kind in kinds},
+            "usage": tokens, "questions": rows}
 
 
 def answer_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -503,17 +585,21 @@ def run_eval(
     readable = readable_by(retriever.groups)  # --as-groups: a source those groups may not read is unknown
     unknown = unknown_sources(questions, indexed_sources(
         retriever.store, Filter(readable_by=readable) if readable is not None else None))
-    results = evaluate_retrieval(retriever, questions, modes, top_k=settings.top_k, on_question=on_question)
+    reranker = build_reranker(settings, command="eval", usage_extra={"eval_step": "rerank"})  # None: KB_RERANK=off
+    results = evaluate_retrieval(retriever, questions, modes, top_k=settings.top_k, on_question=on_question,
+                                 reranker=reranker, candidates=settings.rerank_candidates)
     relevance = relevance_summary(results[primary], min_relevance(settings))
     answer_report = None
     if answers:
         retriever.k = settings.top_k
         answer_report = evaluate_answers(settings, questions, mode=primary, retriever=retriever, on_question=on_question)
     checks = check_thresholds(thresholds, results, primary, answer_report)
-    return report_json(
+    floor = min_relevance(settings)
+    report = report_json(
         gold=str(gold),
         questions=questions,
         results=results,
+        by_kind={mode: metrics_by_kind(result.rows, floor) for mode, result in results.items()},
         primary=primary,
         index_dir=str(settings.index_dir),
         relevance=relevance,
@@ -522,6 +608,8 @@ def run_eval(
         answers=answer_report,
         checks=checks,
     )
+    report["settings"] = retrieval_settings(settings)
+    return report
 
 
 def failed_checks_message(report: dict[str, Any]) -> str:

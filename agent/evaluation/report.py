@@ -22,6 +22,7 @@ def report_json(
     questions: list[Any],
     results: dict[str, Any],
     primary: str,
+    by_kind: dict[str, dict[str, Any]] | None = None,
     index_dir: str,
     relevance: dict[str, Any] | None,
     unknown: list[str],
@@ -42,6 +43,7 @@ def report_json(
         "modes": {
             mode: {
                 "metrics": {name: round(value, 4) for name, value in result.metrics.items()},
+                "by_kind": (by_kind or {}).get(mode, {}),
                 "misses": result.misses(5),
                 "per_question": result.rows,
             }
@@ -80,6 +82,10 @@ def print_report(report: dict[str, Any], out: Console, *, max_misses: int = 20) 
         table.add_row(label, *cells)
     out.print(table)
     out.print("[dim]* the mode kb search/ask use (KB_SEARCH_MODE); bold: best per column[/]")
+    primary = modes.get(report["primary_mode"]) or next(iter(modes.values()))
+    if primary.get("by_kind"):
+        out.print(f"\n[bold]By question kind[/] ({escape(report['primary_mode'])})")
+        print_kind_table(primary["by_kind"], out)
 
     if report["targets"]:
         out.print("\n[bold]Targets[/]")
@@ -139,6 +145,14 @@ def print_report(report: dict[str, Any], out: Console, *, max_misses: int = 20) 
         )
         if m["unanswerable"]:
             out.print(f"  unanswerable {m['unanswerable']}: declined {_pct(m['declined'])}")
+        for kind, km in (answers.get("by_kind") or {}).items():
+            if len(answers.get("by_kind") or {}) < 2:
+                break
+            if km["answerable"]:
+                out.print(f"  {escape(kind)} ({km['answerable']}): correct {_pct(km['correct'])}, "
+                          f"answer score {_num(km['answer_score'])}, grounded {_pct(km['grounded'])}")
+            else:
+                out.print(f"  {escape(kind)} ({km['unanswerable']}): declined {_pct(km['declined'])}")
         usage = answers.get("usage") or {}
         if usage.get("reported"):
             out.print(f"  tokens: {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion")
@@ -155,6 +169,28 @@ def print_report(report: dict[str, Any], out: Console, *, max_misses: int = 20) 
             out.print(f"  {mark} {check['metric']} {_num(check['value'])} (floor {check['threshold']:.3f})")
 
 
+KIND_COLUMNS = ("hit@5", "MRR", "nDCG@10")
+
+
+def print_kind_table(by_kind: dict[str, dict[str, Any]], out: Console) -> None:
+    """One row per question kind and ``overall``: hit@5, MRR@10, nDCG@10 over its answerable
+    questions, how many of those the relevance gate refuses, and how many unanswerable ones it declines."""
+    table = Table(show_edge=False, pad_edge=False)
+    for name, justify in (("kind", "left"), ("questions", "right"), ("hit@5", "right"), ("MRR@10", "right"),
+                          ("nDCG@10", "right"), ("refused", "right"), ("declined", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for kind, entry in by_kind.items():
+        metrics = entry.get("metrics") or {}
+        cells = [_num(metrics.get(name)) if metrics else "-" for name in KIND_COLUMNS]
+        refused = "-" if entry.get("refused") is None else _pct(entry["refused"])
+        declined = "-" if entry.get("declined") is None else _pct(entry["declined"])
+        label = f"[bold]{escape(kind)}[/]" if kind == "overall" else escape(kind)
+        table.add_row(label, str(entry["questions"]), *cells, refused, declined)
+    out.print(table)
+    out.print("[dim]refused: answerable questions the relevance floor declines (wrong); "
+              "declined: unanswerable questions it declines (right)[/]")
+
+
 def _pct(value: float | None) -> str:
     """A rate, or n/a when no judge reply behind it could be read."""
     return "n/a" if value is None else f"{value:.1%}"
@@ -162,3 +198,62 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- kb eval --compare
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) < 5e-5:
+        return "0"
+    colour = "green" if value > 0 else "red"
+    return f"[{colour}]{value:+.3f}[/]"
+
+
+def print_compare(report: dict[str, Any], out: Console, *, max_changed: int = 30) -> None:
+    """The two configurations, the difference per metric and per kind, and the changed questions."""
+    base, variant = report["baseline"], report["variant"]
+    out.print(
+        f"Gold set [bold]{escape(report['gold'])}[/]: {report['questions']} questions "
+        f"({report['answerable']} answerable, {report['unanswerable']} unanswerable); top {report['k']}"
+    )
+    differing = [key for key in base["settings"] if base["settings"][key] != variant["settings"].get(key)]
+    out.print(f"  baseline: {escape(base['label'])}")
+    out.print(f"  variant:  {escape(variant['label'])}")
+    for key in differing:
+        out.print(f"    {escape(key)}: {escape(base['settings'][key])} -> {escape(variant['settings'].get(key))}")
+    if not differing:
+        out.print("    [yellow]the two sides resolve to the same retrieval settings[/]")
+
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("metric", "baseline", "variant", "delta"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for name, row in report["metrics"].items():
+        table.add_row(name, _num(row["baseline"]), _num(row["variant"]), _signed(row["delta"]))
+    out.print(table)
+
+    kinds = Table(show_edge=False, pad_edge=False)
+    kinds.add_column("kind")
+    kinds.add_column("questions", justify="right")
+    for name in ("hit@5", "MRR@10", "nDCG@10", "declined"):
+        kinds.add_column(name, justify="right")
+    for kind, entry in report["by_kind"].items():
+        cells = [_signed(entry[name]["delta"]) for name in ("hit@5", "MRR", "nDCG@10", "declined")]
+        kinds.add_row(escape(kind), str(entry["questions"]), *cells)
+    out.print("\n[bold]By question kind[/] (variant - baseline)")
+    out.print(kinds)
+
+    changed = report["changed"]
+    better = sum(1 for c in changed if c["better"])
+    out.print(f"\n[bold]Changed[/]: {len(changed)} question(s), {better} better, {len(changed) - better} worse "
+              "(rank of the first gold page, baseline -> variant; '-' = not in the top 10)")
+    for row in changed[:max_changed]:
+        mark = "[green]+[/]" if row["better"] else "[red]-[/]"
+        before = "-" if row["before"] is None else row["before"]
+        after = "-" if row["after"] is None else row["after"]
+        out.print(f"  {mark} {escape(row['id'])} ({escape(row.get('kind') or '')}): {escape(before)} -> {escape(after)}  "
+                  f"{escape(row['question'])}")
+    if len(changed) > max_changed:
+        out.print(f"  ... and {len(changed) - max_changed} more (see --json)")

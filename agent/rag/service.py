@@ -44,6 +44,8 @@ from agent.rag.history import is_context_overflow, shrinking, trim_history
 from agent.rag.prompts import ANSWER_PROMPT, CHAT_PROMPT, CONDENSE_PROMPT, REWRITTEN_NOTE, format_passages, format_transcript
 from agent.rag.answer import BELOW_FLOOR, NO_PASSAGES, Answer
 from agent.rag.failures import translate_failures
+from agent.rag.pages import by_page
+from agent.rag.rerank import build_reranker, retrieve
 from agent.rag.retrieval import build_retriever, refusal
 from agent.settings import Settings
 from agent.usage.tokens import UsageCollector
@@ -84,10 +86,11 @@ class AnswerService:
     runnables are built here, not per question: a new chain costs more CPU on its first run than a
     whole answer does afterwards)."""
 
-    def __init__(self, settings: Settings, *, llm: Any, retriever: Any, limiter: Any = None) -> None:
+    def __init__(self, settings: Settings, *, llm: Any, retriever: Any, limiter: Any = None, reranker: Any = None) -> None:
         self.settings = settings
         self.llm = llm
         self.retriever = retriever
+        self.reranker = reranker  # the second stage (agent.rag.rerank; KB_RERANK), None: off
         self.limiter = limiter  # async retrieval: worker threads at once (an anyio CapacityLimiter)
         self.budget = settings.chat_history_tokens
         self.endpoint = settings.chat_endpoint
@@ -115,7 +118,8 @@ class AnswerService:
             from agent.databricks.llm import build_llm  # heavy: langchain_openai + openai, only when no llm is passed
 
             llm = build_llm(settings, command=command, usage_extra=usage_extra)
-        return cls(settings, llm=llm, retriever=retriever)
+        reranker = build_reranker(settings, command=command, usage_extra=usage_extra)
+        return cls(settings, llm=llm, retriever=retriever, reranker=reranker)
 
     # ------------------------------------------------------------ the steps shared by both paths
 
@@ -124,15 +128,17 @@ class AnswerService:
         return trim_history(as_messages(turns), self.budget)
 
     def _retrieve(self, query: str, k: int | None, mode: str | None,
-                  groups: frozenset[str] | None = None) -> list[Document]:
+                  groups: frozenset[str] | None = None, config: dict[str, Any] | None = None) -> list[Document]:
+        """First stage, the optional rerank (its call counted with the question's), then the
+        passages grouped by page (``agent.rag.pages``)."""
         kwargs: dict[str, Any] = {}
-        if k is not None:
-            kwargs["k"] = k
         if mode:
             kwargs["mode"] = mode
         if groups is not None:
             kwargs["groups"] = groups
-        return list(self.retriever.invoke(query, **kwargs))
+        found = retrieve(self.retriever, self.reranker, query, k=k,
+                         candidates=getattr(self.settings, "rerank_candidates", 20), config=config, **kwargs)
+        return by_page(found)
 
     def _answer_inputs(self, question: str, standalone: str | None, passages: list[Document]) -> Callable:
         text = format_passages(passages)
@@ -194,7 +200,7 @@ class AnswerService:
                 if answer.standalone != question:
                     yield ("rewrite", answer.standalone)
             mark = time.perf_counter()
-            answer.passages = self._retrieve(answer.standalone or question, k, mode, groups)
+            answer.passages = self._retrieve(answer.standalone or question, k, mode, groups, config)
             answer.timing["retrieve"] = time.perf_counter() - mark
             yield ("passages", answer.passages)
             declined = self._gate(answer)
@@ -271,7 +277,7 @@ class AnswerService:
                     yield ("rewrite", answer.standalone)
             mark = time.perf_counter()
             answer.passages = await anyio.to_thread.run_sync(
-                self._retrieve, answer.standalone or question, k, mode, groups, limiter=self.limiter
+                self._retrieve, answer.standalone or question, k, mode, groups, config, limiter=self.limiter
             )
             answer.timing["retrieve"] = time.perf_counter() - mark
             yield ("passages", answer.passages)
