@@ -19,7 +19,7 @@ package-relative paths, so gold sources read ``postgresql/sql-createtable.html``
 set named when it was made plus 250 pseudo-random others) and any page the gold file names since: ~360
 pages and ~11,000 chunks (the gold pages include the manuals' longest), copied into
 ``.bench/large/corpus-dev/`` with the same relative paths, so the same gold file runs on both. It exists
-because embedding the full corpus (~25,000 chunks) takes 10+ minutes on 2 idle cores and over an hour on a
+because embedding the full corpus (~25,000 chunks) takes ~30 minutes on 2 idle cores (12-16 chunks/s) and over an hour on a
 busy machine. The slice keeps every gold page but only a random share of the pages that compete with
 them, so its scores are higher than the full corpus's: compare variants on one size, never across sizes.
 

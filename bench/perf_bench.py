@@ -887,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 res.sections[name] = f"failed: {reason}"
                 print(f"  failed: {reason}", flush=True)
-                if os.environ.get("KB_BENCH_TRACEBACK"):
+                if os.environ.get("BENCH_TRACEBACK"):
                     traceback.print_exc()
         os.chdir(REPO)
     header.append(f"load average at end {load_average()} (a busy machine makes absolute times pessimistic; "

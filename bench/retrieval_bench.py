@@ -22,7 +22,7 @@ Every ``KB_*`` setting in the environment applies to both ingest and search, as 
 changes the chunks or their vectors (chunking, embedding model) needs its own index: pass ``--tag`` so the
 variant does not overwrite the baseline index (an index made with another embedding model is refused,
 but a chunking change would be applied in place, re-embedding the whole corpus). Embedding the large
-corpus (~25,000 chunks) takes 10+ minutes on 2 free cores and far longer on a busy machine.
+corpus (~25,000 chunks) takes ~30 minutes on 2 free cores (12-16 chunks/s) and far longer on a busy machine.
 ``--no-ingest`` uses the indexes as they are.
 """
 

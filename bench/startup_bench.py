@@ -25,6 +25,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,19 +39,7 @@ TOKEN = "dapi-bench-0000"
 ANSWER = ("Employees get 25 vacation days a year [1], and up to 5 unused days carry over [2]. "
           "Requests go through the HR portal two weeks ahead [1].")
 
-BARE = r"""
-import json, sys
-import openai
-body = json.loads(sys.argv[3])
-client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
-known = {"model", "messages", "max_tokens", "temperature", "stream", "stream_options"}
-stream = client.chat.completions.create(**{k: v for k, v in body.items() if k in known},
-                                        extra_body={k: v for k, v in body.items() if k not in known})
-for chunk in stream:
-    if chunk.choices and chunk.choices[0].delta.content:
-        sys.stdout.write(chunk.choices[0].delta.content)
-        sys.stdout.flush()
-"""
+from bench.perf_bench import BARE  # noqa: E402  (the same bare openai script as the official table)
 
 
 def kb() -> list[str]:
@@ -120,8 +109,9 @@ def fresh(index_dir: Path, repeat: int) -> None:
         ask_env = env_for(index_dir, DATABRICKS_TOKEN=TOKEN, base_url=stub.base_url, KB_MIN_RELEVANCE="0")
         wall([*kb(), "search", next(qs)], search_env)  # warm the page cache
         wall([*kb(), "ask", next(qs)], ask_env)
-        body = json.dumps(stub.chat_requests()[-1])
-        bare = [sys.executable, "-c", BARE, stub.base_url, TOKEN, body]
+        body = Path(tempfile.mkdtemp(prefix="kb-startup-")) / "body.json"
+        body.write_text(json.dumps(stub.chat_requests()[-1]), encoding="utf-8")
+        bare = [sys.executable, "-c", BARE, stub.base_url, TOKEN, str(body)]
         wall(bare, env_for(None))
         rows: dict[str, list[float]] = {k: [] for k in ("search", "numpy", "ask", "bare", "first", "ask_tty")}
         for _ in range(repeat):

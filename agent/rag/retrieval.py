@@ -80,8 +80,8 @@ def build_retriever(
     """The retriever over the configured index; usable alone in a notebook or inside a chain.
 
     ``groups``: read only what they may (default ``KB_AS_GROUPS``/``--as-groups``; unset: everything)."""
-    options = search_options(settings, k=k, mode=mode, groups=groups)
-    return KnowledgeRetriever(store=build_store(settings, command=command, usage_extra=usage_extra), **options)
+    return retriever_for(build_search(settings, k=k, command=command, mode=mode, usage_extra=usage_extra,
+                                      groups=groups))
 
 
 def retriever_for(search: KnowledgeSearch) -> KnowledgeRetriever:

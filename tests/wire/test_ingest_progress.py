@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import pty
 import re
-import select
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from agent.cli.ingest_progress import LABELS, IngestDisplay
+from tests.pty_run import run_with_terminal_stderr
 
 MARK = "<<MODEL LIBRARY LOADED>>"
 # kb, with the first import of the embedding model's library (sentence-transformers or ONNX Runtime)
@@ -67,28 +66,10 @@ def test_piped_ingest_prints_phase_lines_before_the_model_has_loaded(env: Path, 
 
 @pytest.mark.slow
 def test_terminal_ingest_shows_phases_from_the_start(env: Path, corpus: Path) -> None:
-    master, slave = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-c", SLOW_MODEL_KB, "ingest", str(corpus)], stdout=subprocess.PIPE,
-                               stderr=slave, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "COLUMNS": "100", "TERM": "xterm"})
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + 300
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif process.poll() is not None:
-            break
-    os.close(master)
-    stdout = process.stdout.read().decode() if process.stdout else ""
-    assert process.wait(timeout=30) == 0
-    terminal = b"".join(chunks).decode(errors="replace")
+    terminal, stdout, code = run_with_terminal_stderr(
+        [sys.executable, "-c", SLOW_MODEL_KB, "ingest", str(corpus)], timeout=300,
+        env={**os.environ, "COLUMNS": "100", "TERM": "xterm"})
+    assert code == 0
     before = terminal[: terminal.index(MARK)]
     assert _phases(before), terminal[:2000]  # the display was up before the model's library had loaded
     phases = _phases(terminal)

@@ -8,13 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import pty
-import select
 import shlex
 import socket
-import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,6 +23,7 @@ from agent.settings import load_settings
 from agent.usage.ledger import Ledger, iso_utc, ledger_path
 from tests.conftest import KbRunner
 from tests.databricks_stub import DatabricksStub, Reply
+from tests.pty_run import run_with_terminal_stderr
 
 ESC = "\x1b"
 
@@ -61,27 +58,8 @@ main()
 def _run_with_terminal_stderr(args: list[str], timeout: float = 120) -> tuple[str, str, int]:
     """``kb ARGS`` with stderr on a pseudo-terminal (as in a shell) and stdout piped; each first
     import of LangChain or Chroma is marked in stderr."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-c", HOOKED_KB, *args], stdout=subprocess.PIPE, stderr=slave,
-                               stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80", "TERM": "xterm"})
-    os.close(slave)
-    chunks, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif process.poll() is not None:
-            break
-    os.close(master)
-    stdout = process.stdout.read().decode() if process.stdout else ""
-    code = process.wait(timeout=30)
-    return b"".join(chunks).decode(errors="replace"), stdout, code
+    return run_with_terminal_stderr([sys.executable, "-c", HOOKED_KB, *args], timeout=timeout,
+                                    env={**os.environ, "COLUMNS": "80", "TERM": "xterm"})
 
 
 def test_ask_shows_a_status_line_on_a_terminal_before_the_heavy_imports(indexed: Path, databricks: DatabricksStub) -> None:
