@@ -296,9 +296,13 @@ def search(
     _use_groups(as_groups)
     from agent.rag.search import build_search, search_json  # heavy: numpy, the index (no LangChain runnables)
 
+    from agent.observability.tracing import retriever_span
+
     settings = _settings()
     searcher = build_search(settings, k=k, mode=mode)
-    documents = searcher.invoke(query)
+    with retriever_span(query) as record:
+        documents = searcher.invoke(query)
+        record(documents)
     if as_json:
         print(json.dumps(search_json(query, documents, explain=explain, mode=searcher.mode), indent=2, ensure_ascii=False))
     else:

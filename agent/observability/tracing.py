@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from agent.errors import ConfigError
@@ -150,6 +151,23 @@ def command_span(command: str) -> Iterator[None]:
         with contextlib.suppress(Exception):
             mlflow.update_current_trace(tags={"kb.command": command})
         yield
+
+
+@contextlib.contextmanager
+def retriever_span(query: str) -> Iterator[Callable[[list[Any]], None]]:
+    """A RETRIEVER span around a search that does not run through LangChain (``kb search`` ranks with
+    ``KnowledgeSearch``, so MLflow's LangChain tracing sees nothing): yields ``record(documents)``.
+    The span's outputs use MLflow's retriever document shape (page_content, metadata)."""
+    if _configured is None:
+        yield lambda documents: None
+        return
+    import mlflow
+
+    with mlflow.start_span(name="KnowledgeSearch", span_type="RETRIEVER") as span:
+        span.set_inputs({"query": query})
+        yield lambda documents: span.set_outputs(
+            [{"page_content": d.page_content, "metadata": dict(d.metadata)} for d in documents]
+        )
 
 
 @contextlib.contextmanager
