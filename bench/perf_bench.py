@@ -219,16 +219,10 @@ def on_terminal(args: list[str], env: dict[str, str], cwd: Path, tail: str | Non
 
 
 def tree(pid: int) -> list[int]:
-    """pid and all its descendants (from /proc/<pid>/task/*/children)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += tree(child)
-    return found
+    """pid and all its descendants."""
+    from bench.load_bench import descendants
+
+    return [pid, *descendants(pid)]
 
 
 def memory_of(pids: list[int]) -> tuple[float, float]:
