@@ -8,7 +8,9 @@ memory the operating system frees anyway. ``install()`` registers, before anythi
 imported, an ``atexit`` handler that therefore runs last (handlers run in reverse order), flushes
 the standard streams and calls ``os._exit`` with the command's exit status.
 
-Only the ``kb`` script's ``main`` installs it; code that imports kb as a library (notebooks,
+A handler registered before ``install()`` would run after it, i.e. never: ``main`` installs it first
+thing, before any other kb or library module is imported (tests/e2e/test_fastexit.py checks that exit
+codes, output and later handlers are as with a normal exit). Only the ``kb`` script's ``main`` installs it; code that imports kb as a library (notebooks,
 tests' in-process runs, ``kb serve``'s workers under uvicorn) exits as Python normally does.
 """
 
