@@ -57,14 +57,17 @@ def stub_server():
 
 
 @pytest.fixture
-def databricks(stub_server: DatabricksStub, env: Path, monkeypatch: pytest.MonkeyPatch) -> DatabricksStub:
-    """The loopback serving server, configured through the environment as a user would."""
+def databricks(stub_server: DatabricksStub, env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DatabricksStub]:
+    """The loopback serving server, configured through the environment as a user would. A test may
+    script its default answer (``default_responder``); the next test gets the one it had."""
     stub_server.reset()
     monkeypatch.setenv("DATABRICKS_TOKEN", CANARY)
     monkeypatch.setenv("base_url", stub_server.base_url)
     monkeypatch.setenv("KB_MAX_RETRIES", "2")
     monkeypatch.setenv("KB_TIMEOUT", "5")
-    return stub_server
+    saved = stub_server.default_responder
+    yield stub_server
+    stub_server.default_responder = saved
 
 
 @pytest.fixture(scope="session")

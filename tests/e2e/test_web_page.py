@@ -21,14 +21,6 @@ KEY = "browser-key-7d1e9f3a5c2b4d60"
 ANSWER = "Full-time employees get 23 vacation days per year [1]. Unused days, up to 4, carry over until April 30 [1]."
 
 
-@pytest.fixture(autouse=True)
-def _restore_stub_responder(stub_server: DatabricksStub):
-    """Tests here script the shared stub's default answer: give the next test the one it had."""
-    saved = stub_server.default_responder
-    yield
-    stub_server.default_responder = saved
-
-
 @pytest.fixture
 def site(indexed: Path, databricks: DatabricksStub, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("KB_API_KEYS", f"browser:{KEY}")

@@ -55,13 +55,6 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(autouse=True)
-def _restore_stub_responder(stub_server: DatabricksStub):
-    saved = stub_server.default_responder
-    yield
-    stub_server.default_responder = saved
-
-
 def _answers(text: str):
     """A stub responder: kb-agent (tools offered) first searches, then answers ``text``; kb-rag answers."""
     def respond(body: dict) -> Reply:

@@ -50,14 +50,6 @@ def error_of(response: Any, status: int) -> dict[str, Any]:
     return body["error"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_stub_responder(stub_server: DatabricksStub):
-    """Tests here script the shared stub's default answer: give the next test the one it had."""
-    saved = stub_server.default_responder
-    yield
-    stub_server.default_responder = saved
-
-
 @pytest.fixture
 def make_client(monkeypatch: pytest.MonkeyPatch):
     """make_client(**settings_overrides, llm=..., retriever=...) -> a started TestClient with the key."""

@@ -25,14 +25,6 @@ from tests.live_server import LiveServer
 from tests.wire.test_api import AUTH, KEYS, FixedRetriever, chat
 
 
-@pytest.fixture(autouse=True)
-def _restore_stub_responder(stub_server: DatabricksStub):
-    """Tests here script the shared stub's default answer: give the next test the one it had."""
-    saved = stub_server.default_responder
-    yield
-    stub_server.default_responder = saved
-
-
 def wait_for(condition, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -20,13 +20,6 @@ QUESTION = "How many vacation days do I get?"
 ANSWER = "Full-time employees get 23 vacation days per year [1]."
 
 
-@pytest.fixture(autouse=True)
-def _restore_stub_responder(stub_server: DatabricksStub):
-    saved = stub_server.default_responder
-    yield
-    stub_server.default_responder = saved
-
-
 @pytest.fixture
 def store(indexed: Path, databricks: DatabricksStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import mlflow

@@ -20,13 +20,6 @@ from tests.wire.test_api import ANSWER, KEY, KEYS, QUESTION, FixedRetriever
 USAGE = {"prompt_tokens": 120, "completion_tokens": 12}
 
 
-@pytest.fixture(autouse=True)
-def _restore_stub_responder(stub_server: DatabricksStub):
-    saved = stub_server.default_responder
-    yield
-    stub_server.default_responder = saved
-
-
 @pytest.fixture
 def server(indexed: Path, databricks: DatabricksStub, monkeypatch: pytest.MonkeyPatch):
     """The API over the shared test index, with keys."""
