@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent.api.auth import require_caller
 from agent.api.backend import ModelCache
 from agent.api.errors import ApiError, from_kb_error
-from agent.api.runs import AnswerRun, agent_run, rag_run
+from agent.api.runs import AnswerRun, agent_run, rag_run, resume
 from agent.api.schemas import (
     MODELS,
     ChatRequest,
@@ -140,7 +140,7 @@ async def _sse(run: AnswerRun, early: list, cid: str, model: str, include_usage:
 
     yield event(chunk_json(cid, model, created, {"role": "assistant", "content": ""}))
     try:
-        async for kind, value in _chain(early, run):
+        async for kind, value in resume(early, run):
             if kind == "token" and value:
                 yield event(chunk_json(cid, model, created, {"content": value}))
             elif kind == "step" and value.get("type") in ("tool_call", "tool_result"):
@@ -175,15 +175,6 @@ def _final(event, cid: str, model: str, created: int, done: Answer, include_usag
         last = {**chunk_json(cid, model, created, {}), "choices": [], "usage": openai_usage(done.usage), **extra}
         return event(finish) + event(last)
     return event({**finish, "usage": openai_usage(done.usage), **extra})
-
-
-async def _chain(early: list, run: AnswerRun) -> AsyncIterator[tuple[str, Any]]:
-    for item in early:
-        yield item
-    if early and early[-1][0] == "done":
-        return
-    async for item in run:
-        yield item
 
 
 class SSEResponse(StreamingResponse):

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.api.auth import require_caller
 from agent.api.chat import SSEResponse, start_run
 from agent.api.errors import ApiError, from_kb_error
-from agent.api.runs import AnswerRun
+from agent.api.runs import AnswerRun, resume
 from agent.api.schemas import ChatRequest, openai_usage
 from agent.api.sources import chat_sources
 from agent.deploy.messages import InputError, text_messages
@@ -193,7 +193,7 @@ async def _events(run: AnswerRun, early: list, shape: _Shape) -> AsyncIterator[b
     yield event("response.output_item.added", output_index=0, item=shape.message("in_progress", None))
     yield event("response.content_part.added", **where, part=shape.part(""))
     try:
-        async for kind, value in _chain(early, run):
+        async for kind, value in resume(early, run):
             if kind == "token" and value:
                 parts.append(value)
                 yield event("response.output_text.delta", **where, delta=value, logprobs=[])
@@ -213,12 +213,3 @@ async def _events(run: AnswerRun, early: list, shape: _Shape) -> AsyncIterator[b
     yield event("error", code=error.code, message=error.message, param=None)
     failure = {"code": "rate_limit_exceeded" if error.status == 429 else "server_error", "message": error.message}
     yield event("response.failed", response=shape.response("failed", error=failure, text="".join(parts)))
-
-
-async def _chain(early: list, run: AnswerRun) -> AsyncIterator[tuple[str, Any]]:
-    for item in early:
-        yield item
-    if early and early[-1][0] == "done":
-        return
-    async for item in run:
-        yield item

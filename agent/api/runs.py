@@ -193,3 +193,14 @@ def agent_run(
 
     return AnswerRun(events, on_finished, on_close=cancelled.set,
                      on_done=lambda answer: audit_sources(models, caller, surface, groups, answer_sources(answer)))
+
+
+async def resume(early: list, run: AnswerRun) -> AsyncIterator[tuple[str, Any]]:
+    """The events a route already read from ``run`` (to answer a failure with an HTTP status before
+    the stream starts), then the rest of the run; nothing more once ``done`` was among them."""
+    for item in early:
+        yield item
+    if early and early[-1][0] == "done":
+        return
+    async for item in run:
+        yield item
