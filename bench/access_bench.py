@@ -22,9 +22,6 @@ filtered result is a chunk the caller may not read. Not run by the tests.
 from __future__ import annotations
 
 import argparse
-import json
-import random
-import shutil
 import statistics
 import sys
 import time
@@ -34,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/access_bench.py` works too
     sys.path.insert(0, str(REPO))
 
-from bench.perf_corpus import NOISE, TOPICS, _chunk_text, _sync_lexical, _topics, questions  # noqa: E402
+from bench.perf_corpus import build_index, questions  # noqa: E402
 
 FORMAT = 1  # bump when the labelled corpus changes: cached indexes are rebuilt
 LABELS = (["*"], ["hr"], ["legal"])
@@ -44,48 +41,8 @@ MODES = ("dense", "bm25", "hybrid")
 
 def build_labelled_index(cache: Path, size: int, *, log=print) -> Path:
     """``size`` chunks like bench/perf_corpus.py's, a third each readable by everyone, hr, legal."""
-    import numpy as np
-
-    from ingest.embeddings.local import LocalMiniLMEmbeddings
-    from ingest.store.chroma import open_store
-
-    index_dir = Path(cache) / f"access-index-{size}"
-    marker = index_dir / "bench-corpus.json"
-    want = {"format": FORMAT, "size": size, "topics": TOPICS, "noise": NOISE, "labels": LABELS}
-    try:
-        if json.loads(marker.read_text("utf-8")) == json.loads(json.dumps(want)):
-            _sync_lexical(index_dir)
-            return index_dir
-    except (OSError, ValueError):
-        pass
-    started = time.perf_counter()
-    log(f"building a labelled synthetic index of {size:,} chunks in {index_dir} (cached for next runs)...")
-    shutil.rmtree(index_dir, ignore_errors=True)
-    rng = random.Random(7)
-    topics = _topics(rng)
-    encoder = LocalMiniLMEmbeddings().encoder()
-    topic_vectors = encoder.encode([" ".join(words) for words in topics])
-    noise_rng = np.random.default_rng(size)
-    store = open_store(index_dir, LocalMiniLMEmbeddings(), create=True)
-    batch = 2000
-    for start in range(0, size, batch):
-        n = min(batch, size - start)
-        which = [(start + i) % TOPICS for i in range(n)]
-        vectors = topic_vectors[which] + noise_rng.normal(0, NOISE / np.sqrt(384), (n, 384)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        ids, texts, metas = [], [], []
-        for i, topic in zip(range(start, start + n), which):
-            doc, chunk = divmod(i, 8)
-            ids.append(f"bench-{i:07d}")
-            texts.append(_chunk_text(rng, topics[topic]))
-            metas.append({"source": f"topic-{topic:03d}/doc-{doc:06d}.md", "title": f"{topics[topic][0].title()} guide {doc}",
-                          "section": f"{topics[topic][1].title()} > {topics[topic][2]}", "chunk": chunk,
-                          "root": "/bench/knowledge", "access": LABELS[doc % 3], "access_labelled": True})
-        store.upsert(ids, texts, metas, vectors)
-    _sync_lexical(index_dir, store)
-    marker.write_text(json.dumps(want), "utf-8")
-    log(f"  built in {time.perf_counter() - started:.0f} s")
-    return index_dir
+    return build_index(cache, size, log=log, name="access-index", marker_extra={"format_access": FORMAT, "labels": LABELS},
+                       doc_metadata=lambda doc: {"access": LABELS[doc % 3], "access_labelled": True})
 
 
 def _ms(fn) -> float:

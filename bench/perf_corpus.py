@@ -79,22 +79,27 @@ def questions(count: int, seed: int = 11) -> list[str]:
     return out
 
 
-def build_index(cache: Path, size: int, *, log=print) -> Path:
-    """An index of ``size`` chunks under ``cache`` (built once, reused while its marker matches)."""
+def build_index(cache: Path, size: int, *, log=print, name: str = "index", marker_extra: dict | None = None,
+                doc_metadata=None) -> Path:
+    """An index of ``size`` chunks under ``cache`` (built once, reused while its marker matches).
+
+    ``name``: the folder is ``<name>-<size>``; ``marker_extra``: more of what the cached index must match;
+    ``doc_metadata(doc)``: extra metadata for every chunk of document ``doc`` (bench/access_bench.py
+    labels them)."""
     from ingest.embeddings.local import LocalMiniLMEmbeddings
     from ingest.store.chroma import open_store
 
-    index_dir = Path(cache) / f"index-{size}"
+    index_dir = Path(cache) / f"{name}-{size}"
     marker = index_dir / "bench-corpus.json"
-    want = {"format": FORMAT, "size": size, "topics": TOPICS, "noise": NOISE}
+    want = {"format": FORMAT, "size": size, "topics": TOPICS, "noise": NOISE, **(marker_extra or {})}
     try:
-        if json.loads(marker.read_text("utf-8")) == want:
+        if json.loads(marker.read_text("utf-8")) == json.loads(json.dumps(want)):
             _sync_lexical(index_dir)  # a newer kb may index BM25 differently
             return index_dir
     except (OSError, ValueError):
         pass
     started = time.perf_counter()
-    log(f"building a synthetic index of {size:,} chunks in {index_dir} (cached for next runs)...")
+    log(f"building a synthetic {name} of {size:,} chunks in {index_dir} (cached for next runs)...")
     shutil.rmtree(index_dir, ignore_errors=True)
     rng = random.Random(7)
     topics = _topics(rng)
@@ -115,7 +120,8 @@ def build_index(cache: Path, size: int, *, log=print) -> Path:
             ids.append(f"bench-{i:07d}")
             texts.append(_chunk_text(rng, topics[topic]))
             metas.append({"source": f"topic-{topic:03d}/doc-{doc:06d}.md", "title": f"{topics[topic][0].title()} guide {doc}",
-                          "section": f"{topics[topic][1].title()} > {topics[topic][2]}", "chunk": chunk, "root": root})
+                          "section": f"{topics[topic][1].title()} > {topics[topic][2]}", "chunk": chunk, "root": root,
+                          **(doc_metadata(doc) if doc_metadata else {})})
         store.upsert(ids, texts, metas, vectors)
     _sync_lexical(index_dir, store)
     marker.write_text(json.dumps(want), "utf-8")
