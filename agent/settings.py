@@ -73,9 +73,12 @@ class Settings(BaseSettings):
     min_relevance: float | None = Field(None, ge=0, le=1, validation_alias=_env("KB_MIN_RELEVANCE"))
     # Hybrid fusion (agent/rag/retrieval.py) and the opt-in second stage (agent/rag/rerank.py).
     fusion: Literal["convex", "rrf"] = Field("convex", validation_alias=_env("KB_FUSION"))
-    fusion_alpha: float = Field(0.75, ge=0, le=1, validation_alias=_env("KB_FUSION_ALPHA"))
+    fusion_alpha: float = Field(0.8, ge=0, le=1, validation_alias=_env("KB_FUSION_ALPHA"))
     rrf_k: int = Field(60, ge=1, le=10_000, validation_alias=_env("KB_RRF_K"))
     rrf_bm25_weight: float = Field(1.0, ge=0, le=10, validation_alias=_env("KB_RRF_BM25_WEIGHT"))
+    # Page support (agent/rag/search.py support_pages): a page's runner-up chunks lift its chunks.
+    page_support: float = Field(0.05, ge=0, le=1, validation_alias=_env("KB_PAGE_SUPPORT"))
+    page_support_chunks: int = Field(2, ge=1, le=20, validation_alias=_env("KB_PAGE_SUPPORT_CHUNKS"))
     rerank: Literal["off", "llm"] = Field("off", validation_alias=_env("KB_RERANK"))
     rerank_candidates: int = Field(20, ge=2, le=100, validation_alias=_env("KB_RERANK_CANDIDATES"))
     rerank_timeout: float = Field(20.0, gt=0, le=600, validation_alias=_env("KB_RERANK_TIMEOUT"))

@@ -1,8 +1,9 @@
 """``--explain``: why each hit is where it is, as a Rich table.
 
 For every hit: its rank in the dense ranking and its cosine similarity, its rank in the BM25
-ranking and its BM25 score, and (hybrid) the fused score. A ``-`` rank means the chunk is not
-among that ranking's candidates (no shared word for BM25, beyond the candidate depth for dense).
+ranking and its BM25 score, and (hybrid) the fused score and the page support its page's other
+candidates added (``KB_PAGE_SUPPORT``; the hit ranks by fused + page). A ``-`` rank means the chunk is
+not among that ranking's candidates (no shared word for BM25, beyond the candidate depth for dense).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def explain_table(documents: list[Any], *, mode: str | None = None) -> Table:
     table.add_column("bm25 rank", justify="right")
     table.add_column("bm25", justify="right")
     table.add_column("fused", justify="right")
+    table.add_column("+page", justify="right")
     for rank, document in enumerate(documents, 1):
         meta = document.metadata
         where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
@@ -44,5 +46,6 @@ def explain_table(documents: list[Any], *, mode: str | None = None) -> Table:
             _rank(meta.get("bm25_rank")),
             _score(meta.get("bm25_score"), 2),
             _score(meta.get("fused_score")),
+            _score(meta.get("page_support") or 0.0) if meta.get("mode") == "hybrid" else "-",
         )
     return table

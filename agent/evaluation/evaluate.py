@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, KbError, UsageError
-from agent.evaluation.metrics import METRICS, canonical_metric, first_ranks, mean_metrics, question_metrics
+from agent.evaluation.metrics import METRICS, canonical_metric, documents, first_ranks, mean_metrics, question_metrics
 from agent.evaluation.report import report_json
 from agent.rag.failures import translate_failures
 from agent.rag.prompts import JUDGE_ANSWER_PROMPT, JUDGE_DECLINE_PROMPT, escape_untrusted, format_passages
@@ -214,15 +214,25 @@ def evaluate_retrieval(
     reranker: Any = None,
     candidates: int = 20,
 ) -> dict[str, ModeResult]:
-    """Run every question in every mode (top 10; reranked from the top ``candidates`` when there is a
-    ``reranker``, as ``kb ask`` does); ``relevance`` is the best cosine in the first ``top_k``."""
+    """Run every question in every mode and rank its top 10 documents (pages).
+
+    The page ranking is the retriever's own, asked for one chunk per page (``max_per_source=1``:
+    the order of pages is the one ``kb ask`` ranks by, without the cap that lets a page take up to
+    three of the top-k chunks); with a ``reranker``, the pages in the order of the reranked top
+    ``candidates`` chunks, as ``kb ask`` reranks them. ``relevance`` is the best cosine among the
+    top ``top_k`` chunks that ``kb ask`` would get (what its refusal gate reads)."""
 
     results = {mode: ModeResult(mode) for mode in modes}
     for done, question in enumerate(questions, 1):
         for mode in modes:
-            documents = retrieve(retriever, reranker, question.question, k=EVAL_K,
-                                 candidates=max(candidates, EVAL_K), mode=mode)
-            ranked = [d.metadata.get("source") for d in documents]
+            if reranker is None:
+                pages = retriever.invoke(question.question, k=EVAL_K, mode=mode, max_per_source=1)
+                gate = retriever.invoke(question.question, k=top_k, mode=mode)
+            else:
+                pool = max(candidates, EVAL_K)
+                pages = retrieve(retriever, reranker, question.question, k=pool, candidates=pool, mode=mode)
+                gate = pages[:top_k]
+            ranked = documents([d.metadata.get("source") for d in pages])[:EVAL_K]
             results[mode].rows.append(
                 {
                     "id": question.id,
@@ -232,7 +242,7 @@ def evaluate_retrieval(
                     "retrieved": ranked,
                     "found_at": first_ranks(ranked, question.sources),
                     "metrics": question_metrics(ranked, question.sources) if question.sources else None,
-                    "relevance": best_relevance(documents[:top_k]),
+                    "relevance": best_relevance(gate),
                 }
             )
         if on_question:
@@ -272,7 +282,7 @@ def relevance_summary(result: ModeResult, floor: float) -> dict[str, Any]:
 
 # The settings that shape retrieval, by env name: what a report says it measured.
 RETRIEVAL_SETTINGS = ("KB_SEARCH_MODE", "KB_FUSION", "KB_FUSION_ALPHA", "KB_RRF_K", "KB_RRF_BM25_WEIGHT",
-                      "KB_MAX_PER_SOURCE", "KB_RERANK", "KB_RERANK_CANDIDATES", "KB_EMBEDDINGS", "KB_INDEX_DIR",
+                      "KB_PAGE_SUPPORT", "KB_PAGE_SUPPORT_CHUNKS", "KB_MAX_PER_SOURCE", "KB_RERANK", "KB_RERANK_CANDIDATES", "KB_EMBEDDINGS", "KB_INDEX_DIR",
                       "KB_MIN_RELEVANCE", "KB_TOP_K")
 
 

@@ -1,14 +1,15 @@
-"""Retrieval metrics over a ranked list of sources, at document level.
+"""Retrieval metrics over a ranked list of documents (pages).
 
 The input is the ``source`` of each retrieved chunk, in rank order (chunk 1 first), and the set
-of gold sources. A document counts at the rank of its first chunk; later chunks of the same
-document add nothing (repeating a document is not finding more). Relevance is binary.
+of gold sources. Ranks are **document ranks**: repeated sources are dropped first, so a document
+is at rank r when r - 1 other documents come before its first chunk (three chunks of a wrong page
+push the gold page down one place, not three). Relevance is binary; ``n`` counts documents.
 
-- ``hit@n``: 1 if any gold source is among the first n chunks, else 0.
-- ``recall@n``: the fraction of gold sources among the first n chunks.
-- ``MRR``: 1 / rank of the first chunk from a gold source (0 when none is retrieved).
-- ``nDCG@n``: sum of 1/log2(rank+1) over the first chunk of each gold source within n, divided by
-  the best possible value (the gold sources at ranks 1..min(|gold|, n)).
+- ``hit@n``: 1 if any gold source is among the first n documents, else 0.
+- ``recall@n``: the fraction of gold sources among the first n documents.
+- ``MRR``: 1 / document rank of the first gold source (0 when none is in the top 10): MRR@10.
+- ``nDCG@n``: sum of 1/log2(rank+1) over the gold sources within n, divided by the best possible
+  value (the gold sources at ranks 1..min(|gold|, n)).
 
 All are averaged over the answerable questions (those with at least one gold source).
 """
@@ -21,14 +22,24 @@ from collections.abc import Iterable, Sequence
 METRICS = ("hit@1", "hit@3", "hit@5", "hit@10", "recall@10", "MRR", "nDCG@10")
 
 
+def documents(ranked: Sequence[str | None]) -> list[str | None]:
+    """The distinct sources of ``ranked``, in the order of their first chunk (``None``, a chunk
+    without a source, never repeats a document: each counts once)."""
+    seen: set[str] = set()
+    out: list[str | None] = []
+    for source in ranked:
+        if source is None:
+            out.append(None)
+        elif source not in seen:
+            seen.add(source)
+            out.append(source)
+    return out
+
+
 def first_ranks(ranked: Sequence[str | None], gold: Iterable[str]) -> dict[str, int]:
-    """The 1-based rank of the first chunk of each gold source that was retrieved."""
+    """The 1-based document rank of each gold source that was retrieved."""
     wanted = set(gold)
-    ranks: dict[str, int] = {}
-    for rank, source in enumerate(ranked, 1):
-        if source in wanted and source not in ranks:
-            ranks[source] = rank
-    return ranks
+    return {source: rank for rank, source in enumerate(documents(ranked), 1) if source in wanted}
 
 
 def hit_at(ranked: Sequence[str | None], gold: Iterable[str], n: int) -> float:
@@ -57,9 +68,9 @@ def ndcg_at(ranked: Sequence[str | None], gold: Iterable[str], n: int) -> float:
 
 
 def question_metrics(ranked: Sequence[str | None], gold: Iterable[str]) -> dict[str, float]:
-    """Every metric of ``METRICS`` for one question (top 10 of ``ranked`` are used)."""
+    """Every metric of ``METRICS`` for one question (the top 10 documents of ``ranked`` are used)."""
     gold = set(gold)
-    top = list(ranked)[:10]
+    top = documents(ranked)[:10]
     return {
         "hit@1": hit_at(top, gold, 1),
         "hit@3": hit_at(top, gold, 3),

@@ -53,10 +53,12 @@ class KnowledgeRetriever(BaseRetriever, Ranking):
     mode: str = "dense"
     candidates: int = 50  # depth of each ranking before fusion
     fusion: str = "convex"  # hybrid: "convex" (score fusion, measured best) or "rrf" (rank fusion)
-    alpha: float = 0.75  # convex: weight of the dense score (BM25 gets 1 - alpha)
+    alpha: float = 0.8  # convex: weight of the dense score (BM25 gets 1 - alpha)
     rrf_k: int = 60  # rrf: the k of 1 / (k + rank)
     bm25_weight: float = 1.0  # rrf: weight of the BM25 ranking (dense is 1)
     max_per_source: int = 3  # 0 = no cap
+    page_support: float = 0.05  # weight of a page's runner-up chunks in each of its chunks' score (0: off)
+    support_chunks: int = 2  # how many runner-up chunks of a page count
     dedupe: bool = True
     groups: frozenset[str] | None = None  # the caller's groups (None: every chunk); per call: groups=
 

@@ -63,9 +63,13 @@ def test_search_and_retriever_return_the_same_documents(mode: str, options: dict
 
 def test_the_ranking_reads_only_the_chunks_its_walk_reaches() -> None:
     store = _store(IdsFirstStore)
-    search = KnowledgeSearch(store, mode="hybrid", k=2, candidates=len(CHUNKS))
+    search = KnowledgeSearch(store, mode="hybrid", k=2, candidates=len(CHUNKS), page_support=0)
     assert len(search.invoke("vacation days")) == 2
     assert 0 < store.reads < len(CHUNKS)  # ranked every chunk, read a batch of them
+    # page support needs every candidate's page: it reads them all, once
+    supported = _store(IdsFirstStore)
+    assert len(KnowledgeSearch(supported, mode="hybrid", k=2, candidates=len(CHUNKS)).invoke("vacation days")) == 2
+    assert supported.reads == len(CHUNKS)
 
 
 def test_unknown_options_are_refused() -> None:

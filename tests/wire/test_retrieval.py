@@ -209,6 +209,11 @@ def test_explain_data_on_every_hit(crowded: Path) -> None:
         assert scores == sorted(scores, reverse=True), mode
     bm25_first = retriever(crowded, mode="bm25", k=1).invoke("zebra stripes")[0].metadata
     assert bm25_first["bm25_rank"] == 1 and bm25_first["score"] == bm25_first["bm25_score"]
+    assert bm25_first["page_support"] is None  # page support is the fused ranking's
+    hybrid = retriever(crowded, mode="hybrid", k=4).invoke("zebra stripes")
+    for document in hybrid:  # hybrid ranks by fused score + its page's support
+        meta = document.metadata
+        assert meta["score"] == pytest.approx(meta["fused_score"] + (meta["page_support"] or 0), abs=2e-4)
 
 
 def test_mode_per_call_and_unknown_mode(crowded: Path) -> None:

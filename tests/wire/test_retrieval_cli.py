@@ -57,17 +57,19 @@ def test_explain_json_has_both_rankings_and_the_fused_score(indexed: Path, searc
     top = data["results"][0]
     assert top["source"] == "finance/expenses.pdf"
     explain = top["explain"]
-    assert set(explain) == {"dense_rank", "dense_score", "bm25_rank", "bm25_score", "fused_score"}
+    assert set(explain) == {"dense_rank", "dense_score", "bm25_rank", "bm25_score", "fused_score", "page_support"}
     assert explain["dense_rank"] >= 1 and 0 < explain["dense_score"] <= 1
     assert explain["bm25_rank"] >= 1 and explain["bm25_score"] > 0
-    assert explain["fused_score"] == top["score"] and 0 < top["score"] <= 1
+    # hybrid ranks by the fused score plus the page support of the hit's page
+    assert 0 < explain["fused_score"] <= 1
+    assert top["score"] == pytest.approx(explain["fused_score"] + (explain["page_support"] or 0), abs=2e-4)
     assert "explain" not in search("who approves expenses", "-k", "1")["results"][0]
 
 
 def test_explain_table(indexed: Path, kb: KbRunner) -> None:
     result = kb("search", "Tunnelbear", "--mode", "dense", "--explain", "-k", "2")
     assert result.exit_code == 0
-    for column in ("dense rank", "cosine", "bm25 rank", "fused"):
+    for column in ("dense rank", "cosine", "bm25 rank", "fused", "+page"):
         assert column in result.stdout
     assert "it/vpn.html" in result.stdout
 
