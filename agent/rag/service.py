@@ -26,14 +26,18 @@ Events: ``("rewrite", str)`` (a follow-up's standalone query), ``("passages", [D
 ``("token", str)`` (the refusal text arrives as one token too) and last ``("done", Answer)``.
 Every model call is counted in ``Answer.usage`` (the rewrite included) and failures are
 translated by ``translate_failures``.
+
+The steps are written once (``AnswerService._flow``, a generator that yields events and effects) and
+carried out by two drivers: ``stream`` runs each effect in the calling thread, ``astream`` awaits it
+(model calls async, retrieval in a worker thread). The effects are the only difference between them.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -174,7 +178,69 @@ class AnswerService:
         usage.run_inline = True  # a cheap sum: no thread hop per callback event in async runs
         return usage
 
-    # ------------------------------------------------------------ sync (kb ask, kb chat, kb eval)
+    # ------------------------------------------------------------ the flow, and its two drivers
+
+    def _flow(self, question: str, history: Sequence[tuple[str, str] | BaseMessage], k: int | None,
+              mode: str | None, groups: frozenset[str] | None, config: dict[str, Any], answer: Answer,
+              parts: list[str]) -> Generator[Any, Any, None]:
+        """The steps of one answer, written once for both drivers: it yields events (tuples) for the
+        caller and effects (``_Collect``, ``_Retrieve``, ``_Tokens``) that the driver carries out (``stream``
+        in this thread, ``astream`` with await) and sends back the result of, or throws in the
+        exception of. ``_Tokens`` streams the answer: the driver emits each token and adds it to ``parts``."""
+        earlier = self.history(history)
+        if earlier:
+            mark = time.perf_counter()
+            answer.standalone = yield from self._condensed(question, earlier, config)
+            answer.timing["condense"] = time.perf_counter() - mark
+            if answer.standalone != question:
+                yield ("rewrite", answer.standalone)
+        mark = time.perf_counter()
+        answer.passages = yield _Retrieve(answer.standalone or question, k, mode, groups, config)
+        answer.timing["retrieve"] = time.perf_counter() - mark
+        yield ("passages", answer.passages)
+        declined = self._gate(answer)
+        if declined:
+            yield ("token", declined)
+            return
+        mark = time.perf_counter()
+        inputs = self._answer_inputs(question, answer.standalone, answer.passages)
+        attempts = shrinking(earlier, self.budget) if earlier else [[]]
+        for n, attempt in enumerate(attempts):
+            chain, values = inputs(attempt)
+            try:
+                yield _Tokens(chain, values, config)
+                break
+            except Exception as exc:
+                if parts or n == len(attempts) - 1 or not is_context_overflow(exc):
+                    raise
+        answer.text = "".join(parts)
+        answer.sources = cited_sources(answer.text, answer.passages)
+        answer.timing["answer"] = time.perf_counter() - mark
+
+    def _condensed(self, question: str, earlier: list[BaseMessage], config: dict[str, Any]) -> Generator[Any, Any, str]:
+        """The standalone query, with less history each time the endpoint says the request is too long."""
+        attempts = shrinking(earlier, self.budget)
+        for n, attempt in enumerate(attempts):
+            try:
+                values = {"transcript": _transcript(attempt), "question": question}
+                return clean_query((yield _Collect(self._condense, values, config)), question)
+            except Exception as exc:
+                if n == len(attempts) - 1 or not is_context_overflow(exc):
+                    raise
+        return question  # pragma: no cover
+
+    def _start(self, question: str, config: dict[str, Any] | None
+               ) -> tuple[float, UsageCollector, dict[str, Any], Answer, list[str]]:
+        """What a driver starts with: the clock, this question's usage collector, the config that
+        reports to it, the ``Answer`` being built and the streamed parts."""
+        usage = self._usage()
+        return time.perf_counter(), usage, self._config(config, usage), Answer(question=question), []
+
+    @staticmethod
+    def _finish(answer: Answer, usage: UsageCollector, started: float) -> tuple[str, Answer]:
+        answer.usage = usage.totals()
+        answer.timing["total"] = time.perf_counter() - started
+        return ("done", answer)
 
     def stream(
         self,
@@ -186,47 +252,33 @@ class AnswerService:
         config: dict[str, Any] | None = None,
         groups: frozenset[str] | None = None,
     ) -> Iterator[Event]:
-        started = time.perf_counter()
-        usage = self._usage()
-        config = self._config(config, usage)
-        answer = Answer(question=question)
-        parts: list[str] = []
+        """The answer's events, model calls and retrieval in this thread (``kb ask``, ``kb chat``, ``kb eval``)."""
+        started, usage, config, answer, parts = self._start(question, config)
         with self._failures(parts):
-            earlier = self.history(history)
-            if earlier:
-                mark = time.perf_counter()
-                answer.standalone = self._rewrite(question, earlier, config)
-                answer.timing["condense"] = time.perf_counter() - mark
-                if answer.standalone != question:
-                    yield ("rewrite", answer.standalone)
-            mark = time.perf_counter()
-            answer.passages = self._retrieve(answer.standalone or question, k, mode, groups, config)
-            answer.timing["retrieve"] = time.perf_counter() - mark
-            yield ("passages", answer.passages)
-            declined = self._gate(answer)
-            if declined:
-                yield ("token", declined)
-            else:
-                mark = time.perf_counter()
-                inputs = self._answer_inputs(question, answer.standalone, answer.passages)
-                attempts = shrinking(earlier, self.budget) if earlier else [[]]
-                for n, attempt in enumerate(attempts):
-                    chain, values = inputs(attempt)
-                    try:
-                        for token in chain.stream(values, config):
+            flow = self._flow(question, history, k, mode, groups, config, answer, parts)
+            reply: Any = None
+            error: Exception | None = None
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration:
+                    break
+                reply, error = None, None
+                try:
+                    if isinstance(step, _Collect):
+                        reply = "".join(step.chain.stream(step.values, step.config))
+                    elif isinstance(step, _Retrieve):
+                        reply = self._retrieve(*step)
+                    elif isinstance(step, _Tokens):
+                        for token in step.chain.stream(step.values, step.config):
                             if token:
                                 parts.append(token)
                                 yield ("token", token)
-                        break
-                    except Exception as exc:
-                        if parts or n == len(attempts) - 1 or not is_context_overflow(exc):
-                            raise
-                answer.text = "".join(parts)
-                answer.sources = cited_sources(answer.text, answer.passages)
-                answer.timing["answer"] = time.perf_counter() - mark
-        answer.usage = usage.totals()
-        answer.timing["total"] = time.perf_counter() - started
-        yield ("done", answer)
+                    else:
+                        yield step
+                except Exception as exc:
+                    error = exc
+        yield self._finish(answer, usage, started)
 
     def run(self, question: str, **kwargs: Any) -> Answer:
         """``stream`` to the end: the ``Answer``."""
@@ -234,19 +286,6 @@ class AnswerService:
             if kind == "done":
                 return value
         raise RuntimeError("the answer stream ended without a result")  # pragma: no cover
-
-    def _rewrite(self, question: str, earlier: list[BaseMessage], config: dict[str, Any]) -> str:
-        attempts = shrinking(earlier, self.budget)
-        for n, attempt in enumerate(attempts):
-            try:
-                values = {"transcript": _transcript(attempt), "question": question}
-                return clean_query("".join(self._condense.stream(values, config)), question)
-            except Exception as exc:
-                if n == len(attempts) - 1 or not is_context_overflow(exc):
-                    raise
-        return question  # pragma: no cover
-
-    # ------------------------------------------------------------ async (the API)
 
     async def astream(
         self,
@@ -258,61 +297,60 @@ class AnswerService:
         config: dict[str, Any] | None = None,
         groups: frozenset[str] | None = None,
     ) -> AsyncIterator[Event]:
-        """``stream`` for an event loop: model calls are async, retrieval (CPU work: embedding the
-        query, ranking) runs in a worker thread, at most ``limiter`` of them at once."""
+        """``stream`` for an event loop (the API): model calls are async, retrieval (CPU work: embedding
+        the query, ranking) runs in a worker thread, at most ``limiter`` of them at once."""
         import anyio
 
-        started = time.perf_counter()
-        usage = self._usage()
-        config = self._config(config, usage)
-        answer = Answer(question=question)
-        parts: list[str] = []
+        started, usage, config, answer, parts = self._start(question, config)
         with self._failures(parts):
-            earlier = self.history(history)
-            if earlier:
-                mark = time.perf_counter()
-                answer.standalone = await self._arewrite(question, earlier, config)
-                answer.timing["condense"] = time.perf_counter() - mark
-                if answer.standalone != question:
-                    yield ("rewrite", answer.standalone)
-            mark = time.perf_counter()
-            answer.passages = await anyio.to_thread.run_sync(
-                self._retrieve, answer.standalone or question, k, mode, groups, config, limiter=self.limiter
-            )
-            answer.timing["retrieve"] = time.perf_counter() - mark
-            yield ("passages", answer.passages)
-            declined = self._gate(answer)
-            if declined:
-                yield ("token", declined)
-            else:
-                mark = time.perf_counter()
-                inputs = self._answer_inputs(question, answer.standalone, answer.passages)
-                attempts = shrinking(earlier, self.budget) if earlier else [[]]
-                for n, attempt in enumerate(attempts):
-                    chain, values = inputs(attempt)
-                    try:
-                        async for token in chain.astream(values, config):
+            flow = self._flow(question, history, k, mode, groups, config, answer, parts)
+            reply: Any = None
+            error: Exception | None = None
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration:
+                    break
+                reply, error = None, None
+                try:
+                    if isinstance(step, _Collect):
+                        reply = "".join([part async for part in step.chain.astream(step.values, step.config)])
+                    elif isinstance(step, _Retrieve):
+                        reply = await anyio.to_thread.run_sync(self._retrieve, *step, limiter=self.limiter)
+                    elif isinstance(step, _Tokens):
+                        async for token in step.chain.astream(step.values, step.config):
                             if token:
                                 parts.append(token)
                                 yield ("token", token)
-                        break
-                    except Exception as exc:
-                        if parts or n == len(attempts) - 1 or not is_context_overflow(exc):
-                            raise
-                answer.text = "".join(parts)
-                answer.sources = cited_sources(answer.text, answer.passages)
-                answer.timing["answer"] = time.perf_counter() - mark
-        answer.usage = usage.totals()
-        answer.timing["total"] = time.perf_counter() - started
-        yield ("done", answer)
+                    else:
+                        yield step
+                except Exception as exc:
+                    error = exc
+        yield self._finish(answer, usage, started)
 
-    async def _arewrite(self, question: str, earlier: list[BaseMessage], config: dict[str, Any]) -> str:
-        attempts = shrinking(earlier, self.budget)
-        for n, attempt in enumerate(attempts):
-            try:
-                values = {"transcript": _transcript(attempt), "question": question}
-                return clean_query("".join([part async for part in self._condense.astream(values, config)]), question)
-            except Exception as exc:
-                if n == len(attempts) - 1 or not is_context_overflow(exc):
-                    raise
-        return question  # pragma: no cover
+
+class _Collect(NamedTuple):
+    """Effect: run ``chain`` on ``values`` and send back its whole text (the condense call, streamed
+    so that its usage is reported)."""
+
+    chain: Any
+    values: dict[str, Any]
+    config: dict[str, Any]
+
+
+class _Retrieve(NamedTuple):
+    """Effect: ``AnswerService._retrieve`` with these arguments; sends back the passages."""
+
+    query: str
+    k: int | None
+    mode: str | None
+    groups: frozenset[str] | None
+    config: dict[str, Any]
+
+
+class _Tokens(NamedTuple):
+    """Effect: stream ``chain`` on ``values``, each token an event and a part of the answer."""
+
+    chain: Any
+    values: dict[str, Any]
+    config: dict[str, Any]
