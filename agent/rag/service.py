@@ -258,11 +258,7 @@ class AnswerService:
             flow = self._flow(question, history, k, mode, groups, config, answer, parts)
             reply: Any = None
             error: Exception | None = None
-            while True:
-                try:
-                    step = flow.throw(error) if error is not None else flow.send(reply)
-                except StopIteration:
-                    break
+            while (step := _advance(flow, reply, error)) is not _DONE:
                 reply, error = None, None
                 try:
                     if isinstance(step, _Collect):
@@ -306,11 +302,7 @@ class AnswerService:
             flow = self._flow(question, history, k, mode, groups, config, answer, parts)
             reply: Any = None
             error: Exception | None = None
-            while True:
-                try:
-                    step = flow.throw(error) if error is not None else flow.send(reply)
-                except StopIteration:
-                    break
+            while (step := _advance(flow, reply, error)) is not _DONE:
                 reply, error = None, None
                 try:
                     if isinstance(step, _Collect):
@@ -327,6 +319,18 @@ class AnswerService:
                 except Exception as exc:
                     error = exc
         yield self._finish(answer, usage, started)
+
+
+_DONE = object()
+
+
+def _advance(flow: Generator[Any, Any, None], reply: Any, error: Exception | None) -> Any:
+    """The flow's next event or effect, after sending it ``reply`` (or throwing in ``error``); ``_DONE``
+    when it has finished."""
+    try:
+        return flow.throw(error) if error is not None else flow.send(reply)
+    except StopIteration:
+        return _DONE
 
 
 class _Collect(NamedTuple):
