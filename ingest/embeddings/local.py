@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from ingest.embeddings.onnx_encoder import BATCH_SIZE, OnnxEncoder, load_encoder
-from ingest.embeddings.weights import LOCAL_MODELS, MINILM
+from ingest.embeddings.weights import LOCAL_MODELS, MINILM, model_folder
 from ingest.errors import IngestError
 
 LOCAL_MODEL_ID = f"local:{MINILM}"
@@ -51,7 +51,7 @@ class LocalEmbeddings:
     def encoder(self) -> OnnxEncoder:
         """The process-wide engine for this model, loaded on first use (after the sha256 check)."""
         threads = min(THREADS, os.cpu_count() or 1)
-        return load_encoder(self._model_dir or self._spec.locate(), sha256=self._spec.sha256,
+        return load_encoder(self._model_dir or model_folder(self._spec), sha256=self._spec.sha256,
                             label=self._spec.name.rsplit("/", 1)[-1], threads=threads)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

