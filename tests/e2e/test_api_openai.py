@@ -4,9 +4,7 @@ ChatOpenAI), streaming and not, for both models, against the loopback Databricks
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +14,13 @@ import pytest
 
 from tests.conftest import CANARY, kb_command
 from tests.databricks_stub import DatabricksStub, Error, Reply
+from tests.e2e.serving import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
 KEY = "notebook-key-5b7e0c1d9a2f4e68"
 QUESTION = "How many vacation days do I get?"
 ANSWER = "Full-time employees get 23 vacation days per year [1]."
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _respond(body: dict) -> Reply:
@@ -47,27 +40,14 @@ def server(stub_server: DatabricksStub, built_index: Path, tmp_path_factory: pyt
         "KB_USAGE_LEDGER": str(work / "usage.sqlite"), "KB_API_KEYS": f"notebooks:{KEY}",
         "KB_MAX_RETRIES": "0", "KB_TIMEOUT": "10",
     })
-    port = _free_port()
+    port = free_port()
     log = (work / "serve.log").open("w+")
     process = subprocess.Popen(
         kb_command("--verbose", "serve", "--port", str(port)),
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"kb serve exited: {log.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("kb serve did not become ready")
-        time.sleep(0.2)
+    wait_ready(process, url, log)
     yield url
     process.terminate()
     process.wait(timeout=20)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KbRunner
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.e2e.serving import free_port
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory):
     """A real Chroma server on loopback, from the chromadb package's ``chroma`` command."""
     chroma = Path(sys.executable).with_name("chroma")
     data = tmp_path_factory.mktemp("chroma-server")
-    port = _free_port()
+    port = free_port()
     log = (data / "server.log").open("w")
     proc = subprocess.Popen([str(chroma), "run", "--path", str(data / "db"), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -88,7 +82,7 @@ def test_ingest_reingest_and_search_against_a_chroma_server(chroma_server: str, 
 
 
 def test_an_unreachable_server_is_one_clear_error(env: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, kb: KbRunner) -> None:
-    monkeypatch.setenv("KB_CHROMA_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("KB_CHROMA_URL", f"http://127.0.0.1:{free_port()}")
     for args in (["ingest", str(corpus)], ["search", "vacation"]):
         result = kb(*args)
         assert result.exit_code == 3

@@ -30,31 +30,19 @@ from tests.conftest import kb_command
 from tests.wire.test_sync import HashEmbeddings
 
 WORKER = r"""
-import hashlib, json, sys, time
+import json, sys
 from pathlib import Path
-from langchain_core.embeddings import Embeddings
 from ingest.sync.job import ingest
+from tests.wire.test_sync import HashEmbeddings
 
 corpus, index, batch, delay, rebuild = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
-
-def vector(text):
-    raw = [b / 255 - 0.5 for b in hashlib.sha256(text.encode()).digest()]
-    norm = sum(x * x for x in raw) ** 0.5
-    return [x / norm for x in raw]
-
-class HashEmbeddings(Embeddings):
-    model_id = "test:hash-32"
-    def embed_documents(self, texts):
-        time.sleep(delay)
-        return [vector(t) for t in texts]
-    def embed_query(self, text):
-        return vector(text)
 
 def progress(done, total):
     print(f"progress {done} {total}", flush=True)
 
 print("started", flush=True)
-summary = ingest([Path(corpus)], Path(index), HashEmbeddings(), progress=progress, batch_size=batch, rebuild=rebuild)
+summary = ingest([Path(corpus)], Path(index), HashEmbeddings(delay=delay), progress=progress, batch_size=batch,
+                 rebuild=rebuild)
 print("summary " + json.dumps(summary.to_dict()), flush=True)
 """
 
@@ -85,6 +73,7 @@ def start_worker(corpus: Path, index_dir: Path, *, batch: int = 8, delay: float 
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(corpus), str(index_dir), str(batch), str(delay), "1" if rebuild else "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},  # the child imports tests.wire
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from agent.assistant.tools import MAX_DOCUMENT_BYTES
 from ingest.sync.records import Records
 from tests.conftest import CANARY, kb_command
 from tests.databricks_stub import DatabricksStub, Reply
+from tests.e2e.serving import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,6 @@ HEAVY_CALCULATIONS = [
     "round(1, -10**18)", "9**9**9", "10**10**10", "2<<10**9", "(10**150)*(10**150)*(10**150)",
     "1e308*1e308", "-" * 299 + "1", "10**299 * 9 + 10**299 // 7",  # the last one is allowed: the largest result
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -107,25 +101,13 @@ def server(stub_server: DatabricksStub, built_index: Path, tmp_path_factory: pyt
         "DATABRICKS_TOKEN": CANARY, "base_url": stub_server.base_url, "KB_INDEX_DIR": str(index),
         "KB_USAGE_LEDGER": str(work / "usage.sqlite"), "KB_MAX_RETRIES": "0", "KB_TIMEOUT": "30",
     })
-    port = _free_port()
+    port = free_port()
     log = (work / "serve.log").open("w+")
     process = subprocess.Popen(kb_command("serve", "--port", str(port)),
                                cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
     try:
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"kb serve exited: {log.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("kb serve did not become ready")
-            time.sleep(0.2)
+        wait_ready(process, url, log)
         yield {"url": url, "pid": process.pid}
     finally:
         workers = [c for c in _children(process.pid) if "calculator.py" in _cmdline(c)]

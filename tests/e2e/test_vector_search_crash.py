@@ -17,35 +17,22 @@ from tests.vector_search_stub import VectorSearchStub
 from tests.wire.test_vector_search import INDEX, run
 
 WORKER = r"""
-import hashlib, sys, time
+import sys
 from pathlib import Path
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.core import Config
-from langchain_core.embeddings import Embeddings
 from ingest.store.vector_search import VectorSearchConfig
 from ingest.sync.job import ingest
+from tests.wire.test_sync import HashEmbeddings
 
 corpus, index, host, token = sys.argv[1:5]
-
-def vector(text):
-    raw = [b / 255 - 0.5 for b in hashlib.sha256(text.encode()).digest()]
-    norm = sum(x * x for x in raw) ** 0.5
-    return [x / norm for x in raw]
-
-class HashEmbeddings(Embeddings):
-    model_id = "test:hash-32"
-    def embed_documents(self, texts):
-        time.sleep(0.05)
-        return [vector(t) for t in texts]
-    def embed_query(self, text):
-        return vector(text)
 
 def progress(done, total):
     print(f"progress {done} {total}", flush=True)
 
 config = VectorSearchConfig(index="main.kb.chunks", endpoint="kb-endpoint", poll_seconds=0.01)
 client = lambda: WorkspaceClient(config=Config(host=host, token=token))
-ingest([Path(corpus)], Path(index), HashEmbeddings(), progress=progress, batch_size=8, vector_search=config,
+ingest([Path(corpus)], Path(index), HashEmbeddings(delay=0.05), progress=progress, batch_size=8, vector_search=config,
        workspace=client)
 print("done", flush=True)
 """

@@ -21,15 +21,19 @@ from ingest.sync.records import NoRecords, Records
 
 
 class HashEmbeddings(Embeddings):
-    """Deterministic 32-dim vectors from a hash; counts what it embeds; can fail on a given call."""
+    """Deterministic 32-dim vectors from a hash; counts what it embeds; can fail on a given call; can
+    take ``delay`` seconds per batch (the crash tests' child processes, to be killed mid-ingest)."""
 
     model_id = "test:hash-32"
 
-    def __init__(self, fail_on_call: int | None = None) -> None:
+    def __init__(self, fail_on_call: int | None = None, delay: float = 0.0) -> None:
         self.calls: list[list[str]] = []
         self.fail_on_call = fail_on_call
+        self.delay = delay
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if self.delay:
+            time.sleep(self.delay)
         self.calls.append(list(texts))
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
             raise RemoteServerError("Databricks server error from serving endpoint 'e' (500)")
