@@ -61,7 +61,7 @@ def print_report(report: dict[str, Any], out: Console, *, max_misses: int = 20) 
     out.print(
         f"Gold set [bold]{escape(report['gold'])}[/]: {report['questions']} questions "
         f"({report['answerable']} answerable, {report['unanswerable']} unanswerable); "
-        f"index {escape(report['index_dir'])}; metrics on answerable questions, top {report['k']}"
+        f"index {escape(report['index_dir'])}; metrics on answerable questions, top {report['k']} documents (page ranks)"
     )
     for source in report["unknown_sources"]:
         out.print(f"[yellow]warning:[/] gold source {escape(source)} is not in the index (typo, or not ingested?)")
