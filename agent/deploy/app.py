@@ -95,9 +95,10 @@ def requirements() -> str:
 
 
 def _too_big(index: Path) -> tuple[Path, int] | None:
-    """The largest file of the index copy over ``MAX_APP_FILE`` (the usage ledger is not copied)."""
+    """The largest file the index copy would hold over ``MAX_APP_FILE`` (what ``IGNORED`` leaves out,
+    such as the usage ledger, is not copied)."""
     sizes = [(path, path.stat().st_size) for path in index.rglob("*")
-             if path.is_file() and not path.name.startswith("usage.sqlite") and path.suffix != ".lock"]
+             if path.is_file() and not IGNORED(str(path.parent), [path.name])]
     over = [(path, size) for path, size in sizes if size > MAX_APP_FILE]
     return max(over, key=lambda item: item[1]) if over else None
 

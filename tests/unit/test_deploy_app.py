@@ -119,7 +119,8 @@ def test_an_index_file_over_the_apps_10_mb_limit_is_refused_in_one_line(app_env:
                                                                           tmp_path: Path) -> None:
     with (tmp_path / "index" / "snapshot" / "vectors.npy").open("wb") as handle:
         handle.truncate(11 * 1024 * 1024)  # sparse: 11 MB without writing them
-    (tmp_path / "index" / "usage.sqlite").write_bytes(b"x")  # the ledger is never copied, whatever its size
+    with (tmp_path / "index" / "usage.sqlite").open("wb") as handle:  # larger, but the ledger is never copied
+        handle.truncate(12 * 1024 * 1024)
     result = kb("deploy", "app", "--dry-run", "--out", str(app_env))
     assert result.exit_code != 0 and "Traceback" not in result.stderr
     assert "vectors.npy is 11 MB: Databricks Apps refuse files over 10 MB" in result.stderr
@@ -148,3 +149,15 @@ def test_app_start_becomes_kb_serve_with_its_arguments(env: Path) -> None:
                          cwd=root, env={**os.environ, "KB_EMBEDDINGS": "local"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "serve" in out.stdout and "--port" in out.stdout and "installing" not in out.stderr
+
+
+def test_app_start_says_an_invalid_setting_in_one_line(env: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "agent.deploy.app_start"], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "KB_EMBEDDINGS": "bogus"}, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error:") and "KB_EMBEDDINGS" in out.stderr
