@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     model = embeddings.encoder()  # the ONNX Runtime engine ingest embeds with
     load_seconds = time.perf_counter() - started
-    all_texts = [c.text for entry in make_plan([stage], NoRecords()).added for c in entry.chunks]
+    all_texts = [c.embedded for entry in make_plan([stage], NoRecords()).added for c in entry.chunks]  # what ingest embeds
     chars = sum(len(t) for t in all_texts) / len(all_texts)
     print(f"chunks: {len(all_texts)} (mean {chars:.0f} characters); model loaded in {load_seconds:.1f} s", flush=True)
     model.encode(all_texts[:64], batch_size=embeddings.batch_size)  # warm-up
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_seconds = raw_cpu = first_seconds = first_cpu = 0.0
     embedded = 0
     for number, files in enumerate(slices, 1):
-        texts = [c.text for f in files for entry in make_plan([f], NoRecords()).added for c in entry.chunks]
+        texts = [c.embedded for f in files for entry in make_plan([f], NoRecords()).added for c in entry.chunks]
         wall, cpu = time.perf_counter(), time.process_time()
         model.encode(texts, batch_size=embeddings.batch_size)
         raw_seconds += time.perf_counter() - wall

@@ -166,13 +166,22 @@ def stats(corpus: Path = CORPUS) -> None:
         print(f"{part:12} {pages:6} pages {chars / 1e6:7.1f} M characters {chunks:7} chunks")
 
 
-def build_index(index_dir: Path, corpus: Path = CORPUS) -> dict[str, float | int | None]:
-    """``kb ingest`` the corpus into ``index_dir``; its wall time and the chunk count."""
+def kb_ingest(corpus: Path, index_dir: Path, *, quiet: bool = False) -> float:
+    """``kb ingest`` in a child process, as a user runs it: its wall time. ``quiet``: its output is
+    kept, and only the end of its error shown if it fails (``SystemExit``)."""
     kb = ROOT / ".venv" / "bin" / "kb"
     env = {**os.environ, "KB_INDEX_DIR": str(index_dir), "KB_KNOWLEDGE_DIR": str(corpus)}
     start = time.perf_counter()
-    subprocess.run([str(kb) if kb.exists() else "kb", "ingest", str(corpus)], env=env, check=True)
-    seconds = time.perf_counter() - start
+    result = subprocess.run([str(kb) if kb.exists() else "kb", "ingest", str(corpus)], env=env,
+                            capture_output=quiet, text=True)
+    if result.returncode:
+        raise SystemExit(f"kb ingest {corpus} failed" + (f": {result.stderr.strip()[-500:]}" if quiet else ""))
+    return time.perf_counter() - start
+
+
+def build_index(index_dir: Path, corpus: Path = CORPUS) -> dict[str, float | int | None]:
+    """``kb ingest`` the corpus into ``index_dir``; its wall time and the chunk count."""
+    seconds = kb_ingest(corpus, index_dir)
     return {"ingest_seconds": round(seconds, 1), "chunks": count_chunks(index_dir)}
 
 

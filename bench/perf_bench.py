@@ -23,10 +23,10 @@ Sections (``--only``; all but ``install`` by default):
 - ``ingest``: a copy of a small real corpus (``--corpus``, default the repo's ``knowledge/``: 17 files,
   156 KB, 198 chunks) ingested by ``kb ingest``; then, interleaved, a no-change ``kb ingest`` and one edited
   file re-ingested (each edit different): the ratio of their medians, and the no-change time.
-- ``throughput``: first-ingest throughput vs sentence-transformers' raw encode of the same texts,
-  through ``bench/embed_bench.py``'s ``measure(texts)`` when that module exists (otherwise a fresh
-  ``kb ingest`` against raw ``SentenceTransformer.encode`` in a child process). Needs torch and
-  sentence-transformers (``pip install -e .[bench]``); without them the row says so.
+- ``throughput``: the engine's and the whole first ingest's throughput vs sentence-transformers' raw
+  encode of the same texts (the chunks as ingest embeds them, context header included), through
+  ``bench/embed_bench.py``'s ``measure(texts)``. Needs torch and sentence-transformers
+  (``pip install -e .[bench]``); without them the row says so.
 - ``memory``: ``kb serve --workers 2`` on the 50k-chunk index under the 64-client load of
   bench/load_bench.py: the summed RSS (and PSS) of the server's process tree, sampled every 0.2 s
   during the load; and the peak RSS of ``kb ingest`` of ``--ingest-chunks`` chunks of a synthetic
@@ -564,13 +564,13 @@ def bench_throughput(res: Results, work: Path, files: int) -> None:
     from ingest.sync.records import NoRecords
 
     corpus = write_corpus(work / "throughput-corpus", files, 8)
-    texts = [c.text for entry in make_plan([corpus], NoRecords()).added for c in entry.chunks]
+    texts = [c.embedded for entry in make_plan([corpus], NoRecords()).added for c in entry.chunks]  # what ingest embeds
     from bench.embed_bench import measure  # engine's: the ONNX Runtime engine vs sentence-transformers
 
     figures = measure(texts, log=lambda line: print(f"  {line}", flush=True))
     res.notes.append("bench/embed_bench.py measure(): " + ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
-    ratio = _find_ratio(figures)
+    ratio = figures.get("throughput_ratio")
     if ratio is None:
         res.unmeasured("throughput_engine", f"embed_bench gave no ratio: {str(figures)[:120]}")
     else:
@@ -592,20 +592,6 @@ def bench_throughput(res: Results, work: Path, files: int) -> None:
         res.target("throughput", rate / reference, f"{summary.chunks_embedded} chunks, measured one after the other")
     else:
         res.unmeasured("throughput", "no reference rate from embed_bench")
-
-
-def _find_ratio(figures) -> float | None:
-    if isinstance(figures, (int, float)):
-        return float(figures)
-    if isinstance(figures, dict):
-        for key, value in figures.items():
-            if "ratio" in str(key).lower() and isinstance(value, (int, float)):
-                return float(value)
-        for value in figures.values():
-            found = _find_ratio(value) if isinstance(value, dict) else None
-            if found is not None:
-                return found
-    return None
 
 
 # ---------------------------------------------------------------- memory

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.large_corpus import build_corpus, build_dev, count_chunks, kb_ingest  # noqa: E402
 
 KINDS = ("lookup", "paraphrase", "multi")
 SHOWN = ("hit@5", "MRR", "nDCG@10")
@@ -62,47 +63,17 @@ def gold_sets(tag: str, *, dev: bool = False) -> dict[str, dict[str, Path]]:
 
 def ingest(corpus: Path, index: Path) -> dict[str, Any]:
     """``kb ingest`` in a child process, as a user runs it; wall time and whether the index existed."""
-    kb = ROOT / ".venv/bin/kb"
     existed = (index / "chroma").is_dir()
-    env = {**os.environ, "KB_INDEX_DIR": str(index), "KB_KNOWLEDGE_DIR": str(corpus)}
-    start = time.perf_counter()
-    result = subprocess.run([str(kb) if kb.exists() else "kb", "ingest", str(corpus)], env=env,
-                            capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode:
-        raise SystemExit(f"kb ingest {corpus} failed: {result.stderr.strip()[-500:]}")
-    return {"ingest_seconds": round(seconds, 1), "index_existed": existed}
+    return {"ingest_seconds": round(kb_ingest(corpus, index, quiet=True), 1), "index_existed": existed}
 
 
-def count_chunks(settings: Any) -> int | None:
-    from agent.rag.search import build_store
-
-    try:
-        return int(build_store(settings, command="eval").count())
-    except Exception:  # noqa: BLE001 (only a figure for the report)
-        return None
-
-
-def kinds_of(gold: Path) -> dict[str, str]:
-    """Question id -> kind, read from the gold file (records without a kind: "unspecified")."""
-    out = {}
-    for number, line in enumerate(gold.read_text().splitlines(), 1):
-        if line.strip() and not line.lstrip().startswith("//"):
-            row = json.loads(line)
-            out[str(row.get("id", f"line-{number}"))] = str(row.get("kind") or "unspecified")
-    return out
-
-
-def by_kind(data: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
-    """Per kind: the report's ``by_kind`` (kb eval's own per-kind metrics, with ``refused``/``declined``) when
-    it has one, else kb's ``mean_metrics`` over each kind's answerable questions; plus the median best
-    relevance in the top k of the kind's questions (answerable vs unanswerable: how well the floor can
-    separate them)."""
-    from agent.evaluation.metrics import mean_metrics
-
+def by_kind(data: dict[str, Any]) -> dict[str, Any]:
+    """Per kind: the report's ``by_kind`` (kb eval's own per-kind metrics, with ``refused``/``declined``),
+    plus the median best relevance in the top k of the kind's questions (answerable vs unanswerable:
+    how well the floor can separate them)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in data["per_question"]:
-        groups.setdefault(row.get("kind") or kinds.get(row["id"], "unspecified"), []).append(row)
+        groups.setdefault(row["kind"], []).append(row)
     reported = data.get("by_kind") or {}
     order = (*KINDS, "unanswerable")
     out: dict[str, Any] = {}
@@ -112,10 +83,6 @@ def by_kind(data: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
         if kind in reported:
             entry.update({name: round(value, 4) for name, value in (reported[kind].get("metrics") or {}).items()})
             entry.update({key: reported[kind].get(key) for key in ("refused", "declined")})
-        else:
-            answerable = [r["metrics"] for r in mine if r["sources"]]
-            if answerable:
-                entry.update({name: round(value, 4) for name, value in mean_metrics(answerable).items()})
         relevance = [r.get("relevance") or 0.0 for r in mine]
         entry["relevance_median"] = round(statistics.median(relevance), 3)
         out[kind] = entry
@@ -150,16 +117,15 @@ def run_set(name: str, paths: dict[str, Path], modes: list[str], *, do_ingest: b
         out.update(ingest(paths["corpus"], paths["index"]))
     os.environ["KB_INDEX_DIR"] = str(paths["index"])
     settings = load_settings()
-    out["chunks"] = count_chunks(settings)
+    out["chunks"] = count_chunks(paths["index"])
     report = run_eval(settings, paths["gold"], modes=modes)
-    kinds = kinds_of(paths["gold"])
     questions = [q.question for q in load_gold(paths["gold"])]
     out["unknown_sources"] = report["unknown_sources"]
     out["modes"] = {}
     for mode, data in report["modes"].items():
         out["modes"][mode] = {
             "overall": {name: data["metrics"][name] for name in ("hit@1", "hit@5", "hit@10", "MRR", "nDCG@10")},
-            "by_kind": by_kind(data, kinds),
+            "by_kind": by_kind(data),
             "latency": latency(settings, questions, mode),
             "misses": [m["id"] for m in data["misses"]],
         }
@@ -205,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if "large" in args.sets and not args.no_ingest:  # the pages (cheap when present), the dev slice's gold pages
-        from bench.large_corpus import build_corpus, build_dev
 
         build_corpus()
         if args.dev:

