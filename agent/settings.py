@@ -410,18 +410,21 @@ def parse_overrides(specs: list[str] | tuple[str, ...], *, option: str) -> dict[
     """``["KB_SEARCH_MODE=bm25", "KB_FUSION_ALPHA=0.6"]`` -> {field name: raw value}; an unknown or
     secret variable, or a spec without ``=``, is a ``ConfigError`` of one line naming it."""
     by_env = {env.lower(): name for name, env in ENV_NAMES.items()}
+    # By variable, not by field: one variable can feed several fields (KB_API_KEYS: the keys, a
+    # SecretStr, and their groups), and any secret field makes the variable a secret.
+    secret = {ENV_NAMES[name].lower() for name, field in Settings.model_fields.items()
+              if name in ENV_NAMES and "SecretStr" in str(field.annotation)}
     out: dict[str, str] = {}
     for spec in specs:
         key, sep, value = spec.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"{option} '{spec[:80]}': expected KEY=VALUE, e.g. KB_SEARCH_MODE=bm25")
+        if key.lower() in secret:
+            raise ConfigError(f"{option}: {key[:80]} is a secret and cannot be overridden on the command line")
         name = by_env.get(key.lower())
         if name is None:
             raise ConfigError(f"{option}: unknown setting '{key[:80]}' (use the KB_... names of docs/configuration.md)")
-        annotation = str(Settings.model_fields[name].annotation)
-        if "SecretStr" in annotation:
-            raise ConfigError(f"{option}: {key} is a secret and cannot be overridden on the command line")
         out[name] = value.strip()
     return out
 
@@ -433,4 +436,4 @@ def settings_with(settings: Settings, overrides: dict[str, str]) -> Settings:
     if not overrides:
         return settings
     base: dict[str, Any] = {"as_groups": settings.as_groups} if settings.as_groups is not None else {}
-    return load_settings(**base, **overrides)
+    return load_settings(**{**base, **overrides})  # an override of KB_AS_GROUPS wins over --as-groups

@@ -85,9 +85,17 @@ def test_compare_overrides_are_validated_by_the_settings(monkeypatch: pytest.Mon
     variant = settings_with(base, parse_overrides(["KB_SEARCH_MODE=bm25", "kb_fusion_alpha = 0.5"], option="--compare"))
     assert (variant.search_mode, variant.fusion_alpha, base.search_mode) == ("bm25", 0.5, "hybrid")
     for spec, message in (("KB_NOPE=1", "unknown setting 'KB_NOPE'"), ("KB_SEARCH_MODE", "expected KEY=VALUE"),
-                          ("DATABRICKS_TOKEN=x", "is a secret"), ("KB_FUSION=best", "invalid KB_FUSION")):
-        with pytest.raises(ConfigError, match=message):
+                          ("DATABRICKS_TOKEN=x", "is a secret"), ("KB_FUSION=best", "invalid KB_FUSION"),
+                          ("kb_api_keys=alice:sk-live-123", "is a secret")):  # also feeds a non-secret field
+        with pytest.raises(ConfigError, match=message) as caught:
             settings_with(base, parse_overrides([spec], option="--compare"))
+        assert "sk-live" not in str(caught.value)
+
+
+def test_a_compare_override_of_the_groups_wins_over_as_groups() -> None:
+    base = load_settings(as_groups=frozenset({"hr"}))
+    assert settings_with(base, parse_overrides(["KB_AS_GROUPS=eng"], option="--compare")).as_groups == frozenset({"eng"})
+    assert settings_with(base, parse_overrides(["KB_TOP_K=3"], option="--compare")).as_groups == frozenset({"hr"})
 
 
 def test_fusion_settings_reach_the_ranking(monkeypatch: pytest.MonkeyPatch) -> None:
