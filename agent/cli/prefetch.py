@@ -3,9 +3,9 @@
 A fresh ``kb ask`` spends most of its time importing LangChain, langchain_openai and openai. None
 of that is needed until the passages are found, and finding them is mostly NumPy and ONNX Runtime
 work that releases the GIL (loading the encoder, embedding the question, the dense scan, the BM25
-column sums, SQLite), so the imports run on a thread meanwhile. The main thread's own imports
-(the index, the encoder) are done before the thread starts, so the two never import the same
-package at once. A failed import here is ignored: the main thread imports the module again when
+column sums, SQLite), so the imports run on a thread meanwhile. The main thread may still be
+importing too (ONNX Runtime loads with the encoder, on the first embedding); Python's per-module
+import locks make a module both threads need load once, the other thread waiting. A failed import here is ignored: the main thread imports the module again when
 it needs it and reports the error there, as without prefetching.
 """
 

@@ -91,9 +91,9 @@ class EvalThresholdError(KbError):
 KINDS = ("lookup", "paraphrase", "multi", "unanswerable")
 UNSPECIFIED = "unspecified"
 # Id prefixes of the bundled gold sets (eval/*.jsonl), for records without a "kind".
+# (A question without sources is unanswerable whatever its id says: no prefix needed for that kind.)
 _KIND_PREFIXES = (("h-direct", "lookup"), ("direct", "lookup"), ("h-para", "paraphrase"), ("para", "paraphrase"),
-                  ("h-multi", "multi"), ("multi", "multi"), ("h-none", "unanswerable"), ("none", "unanswerable"),
-                  ("offtopic", "unanswerable"), ("lookup", "lookup"), ("unanswerable", "unanswerable"))
+                  ("h-multi", "multi"), ("multi", "multi"), ("lookup", "lookup"))
 
 
 def question_kind(kind: Any, qid: str, sources: Sequence[str]) -> str:
@@ -105,7 +105,7 @@ def question_kind(kind: Any, qid: str, sources: Sequence[str]) -> str:
         return kind.strip().lower()[:40]
     lowered = qid.lower()
     for prefix, name in _KIND_PREFIXES:
-        if lowered.startswith(prefix) and name != "unanswerable":
+        if lowered.startswith(prefix):
             return name
     return UNSPECIFIED
 

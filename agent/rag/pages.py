@@ -16,6 +16,8 @@ from langchain_core.documents import Document
 
 
 def page_key(document: Document) -> tuple[str, str]:
+    """The page a chunk comes from, ``(root, source)``: also the key of the ranking's per-source cap
+    and page support (``agent.rag.search``)."""
     meta = document.metadata
     return (str(meta.get("root", "")), str(meta.get("source", "")))
 

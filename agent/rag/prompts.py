@@ -43,15 +43,19 @@ def format_passages(documents: Sequence[Document]) -> str:
     return "\n".join(_passage_block(n, document) for n, document in enumerate(documents, 1))
 
 
-def _passage_block(n: int, document: Document) -> str:
-    """One ``<passage n=... source=... title=... location=...>`` block, every value escaped."""
+def _passage_block(n: int, document: Document, max_chars: int | None = None) -> str:
+    """One ``<passage n=... source=... title=... location=...>`` block, every value escaped; the text
+    cut to ``max_chars`` (with " …") when given."""
+    text = document.page_content
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars] + " …"
     meta = document.metadata
     where = meta.get("section") or (f"page {meta['page']}" if meta.get("page") else "")
     attributes = f'n="{n}" source="{escape_untrusted(str(meta.get("source", "?")))}"'
     attributes += f' title="{escape_untrusted(str(meta.get("title", "")))}"'
     if where:
         attributes += f' location="{escape_untrusted(str(where))}"'
-    return f"<passage {attributes}>\n{escape_untrusted(document.page_content)}\n</passage>"
+    return f"<passage {attributes}>\n{escape_untrusted(text)}\n</passage>"
 
 
 # ---------------------------------------------------------------- chat and agent (kb chat, kb agent)
@@ -237,16 +241,5 @@ RERANK_PASSAGE_CHARS = 1200  # per candidate: enough to judge it, while 20 of th
 
 
 def format_rerank_passages(documents: Sequence[Document], *, max_chars: int = RERANK_PASSAGE_CHARS) -> str:
-    """Numbered, delimited, escaped candidates, each cut to ``max_chars``."""
-    blocks = []
-    for n, document in enumerate(documents, 1):
-        text = document.page_content
-        if len(text) > max_chars:
-            text = text[:max_chars] + " …"
-        meta = document.metadata
-        where = meta.get("section") or ""
-        attributes = f'n="{n}" source="{escape_untrusted(str(meta.get("source", "?")))}"'
-        if where:
-            attributes += f' location="{escape_untrusted(str(where))}"'
-        blocks.append(f"<passage {attributes}>\n{escape_untrusted(text)}\n</passage>")
-    return "\n".join(blocks)
+    """Numbered, delimited, escaped candidates (the answer's passage blocks), each cut to ``max_chars``."""
+    return "\n".join(_passage_block(n, document, max_chars) for n, document in enumerate(documents, 1))

@@ -52,6 +52,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 from agent.errors import ConfigError, UsageError
+from agent.rag.pages import page_key
 from agent.settings import Settings
 from ingest.access import readable_by
 from ingest.errors import IndexMissingError
@@ -209,7 +210,7 @@ class Ranking:
                 mine = _shingles(document.page_content)
                 if any(_jaccard(mine, other) >= 0.8 for other in shingles):
                     continue
-            key = _page_key(document)
+            key = page_key(document)
             if cap and per_source[key] >= cap:
                 overflow.append((cid, score, document))
                 continue
@@ -347,16 +348,11 @@ def support_pages(
     return sorted(boosted, key=lambda pair: -pair[1]), support
 
 
-def _page_key(document: Document) -> tuple[str, str]:
-    """The page a chunk comes from: (root, source)."""
-    return (str(document.metadata.get("root", "")), str(document.metadata.get("source", "")))
-
-
 def _page_of(cid: str, documents: dict[str, Document]) -> tuple[str, str]:
-    """``_page_key`` of a candidate; one missing from ``documents`` (the BM25 index a step behind the
+    """``page_key`` of a candidate; one missing from ``documents`` (the BM25 index a step behind the
     collection) is a page of its own."""
     document = documents.get(cid)
-    return _page_key(document) if document is not None else ("\0missing", cid)
+    return page_key(document) if document is not None else ("\0missing", cid)
 
 
 def _rounded(value: float | None) -> float | None:
