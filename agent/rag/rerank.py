@@ -108,6 +108,35 @@ def build_reranker(settings: Any, *, command: str, usage_extra: dict[str, str] |
     return LLMReranker(llm)
 
 
+def top_k(retriever: Any, k: int | None) -> int:
+    """How many passages the question gets: ``k``, else the retriever's own."""
+    return int(k if k is not None else getattr(retriever, "k", 5))
+
+
+def first_stage(
+    retriever: Any, reranker: Reranker | None, query: str, *, k: int | None = None, candidates: int = 20, **kwargs: Any
+) -> list[Document]:
+    """The retriever's passages: the top ``k`` (``None``: its own k), or with a ``reranker`` the top
+    ``max(k, candidates)`` for it to reorder. ``kwargs`` (``mode``, ``groups``) go to the retriever."""
+    if reranker is None:
+        if k is not None:
+            kwargs["k"] = k
+        return list(retriever.invoke(query, **kwargs))
+    return list(retriever.invoke(query, k=max(top_k(retriever, k), candidates), **kwargs))
+
+
+def second_stage(reranker: Reranker, query: str, pool: list[Document], *, top: int,
+                 config: dict[str, Any] | None = None) -> list[Document]:
+    """The first ``top`` of ``pool`` in the reranker's order, each with its ``first_stage_rank``."""
+    out = []
+    for rank, document in enumerate(reranker.rerank(query, pool, config=config)[:top], 1):
+        metadata = dict(document.metadata)
+        metadata["first_stage_rank"] = metadata.get("rank")
+        metadata["rank"] = rank
+        out.append(Document(page_content=document.page_content, metadata=metadata, id=document.id))
+    return out
+
+
 def retrieve(
     retriever: Any,
     reranker: Reranker | None,
@@ -118,19 +147,9 @@ def retrieve(
     config: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> list[Document]:
-    """The top ``k`` passages for ``query`` (``k=None``: the retriever's own k), reranked when there
-    is a reranker. ``kwargs`` (``mode``, ``groups``) go to the retriever."""
+    """Both stages in one call: the top ``k`` passages for ``query`` (``k=None``: the retriever's own
+    k), reranked when there is a reranker. ``kwargs`` (``mode``, ``groups``) go to the retriever."""
+    pool = first_stage(retriever, reranker, query, k=k, candidates=candidates, **kwargs)
     if reranker is None:
-        if k is not None:
-            kwargs["k"] = k
-        return list(retriever.invoke(query, **kwargs))
-    top = int(k if k is not None else getattr(retriever, "k", 5))
-    pool = list(retriever.invoke(query, k=max(top, candidates), **kwargs))
-    ranked = reranker.rerank(query, pool, config=config)[:top]
-    out = []
-    for rank, document in enumerate(ranked, 1):
-        metadata = dict(document.metadata)
-        metadata["first_stage_rank"] = metadata.get("rank")
-        metadata["rank"] = rank
-        out.append(Document(page_content=document.page_content, metadata=metadata, id=document.id))
-    return out
+        return pool
+    return second_stage(reranker, query, pool, top=top_k(retriever, k), config=config)

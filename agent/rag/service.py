@@ -49,7 +49,7 @@ from agent.rag.prompts import ANSWER_PROMPT, CHAT_PROMPT, CONDENSE_PROMPT, REWRI
 from agent.rag.answer import BELOW_FLOOR, NO_PASSAGES, Answer
 from agent.rag.failures import translate_failures
 from agent.rag.pages import by_page
-from agent.rag.rerank import build_reranker, retrieve
+from agent.rag.rerank import build_reranker, first_stage, second_stage, top_k
 from agent.rag.retrieval import build_retriever, refusal
 from agent.settings import Settings
 from agent.usage.tokens import UsageCollector
@@ -132,17 +132,20 @@ class AnswerService:
         return trim_history(as_messages(turns), self.budget)
 
     def _retrieve(self, query: str, k: int | None, mode: str | None,
-                  groups: frozenset[str] | None = None, config: dict[str, Any] | None = None) -> list[Document]:
-        """First stage, the optional rerank (its call counted with the question's), then the
-        passages grouped by page (``agent.rag.pages``)."""
+                  groups: frozenset[str] | None = None) -> list[Document]:
+        """First stage: the passages, or with a reranker its candidates (CPU work: the query's
+        embedding and the ranking)."""
         kwargs: dict[str, Any] = {}
         if mode:
             kwargs["mode"] = mode
         if groups is not None:
             kwargs["groups"] = groups
-        found = retrieve(self.retriever, self.reranker, query, k=k,
-                         candidates=getattr(self.settings, "rerank_candidates", 20), config=config, **kwargs)
-        return by_page(found)
+        return first_stage(self.retriever, self.reranker, query, k=k,
+                           candidates=getattr(self.settings, "rerank_candidates", 20), **kwargs)
+
+    def _rerank(self, query: str, pool: list[Document], k: int | None, config: dict[str, Any]) -> list[Document]:
+        """Second stage (``KB_RERANK``): a model call, counted with the question's."""
+        return second_stage(self.reranker, query, pool, top=top_k(self.retriever, k), config=config)
 
     def _answer_inputs(self, question: str, standalone: str | None, passages: list[Document]) -> Callable:
         text = format_passages(passages)
@@ -184,7 +187,7 @@ class AnswerService:
               mode: str | None, groups: frozenset[str] | None, config: dict[str, Any], answer: Answer,
               parts: list[str]) -> Generator[Any, Any, None]:
         """The steps of one answer, written once for both drivers: it yields events (tuples) for the
-        caller and effects (``_Collect``, ``_Retrieve``, ``_Tokens``) that the driver carries out (``stream``
+        caller and effects (``_Collect``, ``_Retrieve``, ``_Rerank``, ``_Tokens``) that the driver carries out (``stream``
         in this thread, ``astream`` with await) and sends back the result of, or throws in the
         exception of. ``_Tokens`` streams the answer: the driver emits each token and adds it to ``parts``."""
         earlier = self.history(history)
@@ -195,7 +198,11 @@ class AnswerService:
             if answer.standalone != question:
                 yield ("rewrite", answer.standalone)
         mark = time.perf_counter()
-        answer.passages = yield _Retrieve(answer.standalone or question, k, mode, groups, config)
+        query = answer.standalone or question
+        found = yield _Retrieve(query, k, mode, groups)
+        if self.reranker is not None:
+            found = yield _Rerank(query, found, k, config)
+        answer.passages = by_page(found)  # the passages grouped by page (agent.rag.pages)
         answer.timing["retrieve"] = time.perf_counter() - mark
         yield ("passages", answer.passages)
         declined = self._gate(answer)
@@ -265,6 +272,8 @@ class AnswerService:
                         reply = "".join(step.chain.stream(step.values, step.config))
                     elif isinstance(step, _Retrieve):
                         reply = self._retrieve(*step)
+                    elif isinstance(step, _Rerank):
+                        reply = self._rerank(*step)
                     elif isinstance(step, _Tokens):
                         for token in step.chain.stream(step.values, step.config):
                             if token:
@@ -309,6 +318,8 @@ class AnswerService:
                         reply = "".join([part async for part in step.chain.astream(step.values, step.config)])
                     elif isinstance(step, _Retrieve):
                         reply = await anyio.to_thread.run_sync(self._retrieve, *step, limiter=self.limiter)
+                    elif isinstance(step, _Rerank):  # a model call: not in the CPU-bound retrieval limiter
+                        reply = await anyio.to_thread.run_sync(self._rerank, *step)
                     elif isinstance(step, _Tokens):
                         async for token in step.chain.astream(step.values, step.config):
                             if token:
@@ -343,12 +354,20 @@ class _Collect(NamedTuple):
 
 
 class _Retrieve(NamedTuple):
-    """Effect: ``AnswerService._retrieve`` with these arguments; sends back the passages."""
+    """Effect: ``AnswerService._retrieve`` (the first stage) with these arguments; sends back the passages."""
 
     query: str
     k: int | None
     mode: str | None
     groups: frozenset[str] | None
+
+
+class _Rerank(NamedTuple):
+    """Effect: ``AnswerService._rerank`` (the second stage, a model call); sends back the passages."""
+
+    query: str
+    pool: list[Document]
+    k: int | None
     config: dict[str, Any]
 
 

@@ -88,3 +88,36 @@ def test_by_page_groups_chunks_of_a_page_in_order_of_its_best_chunk() -> None:
     assert by_page([]) == [] and by_page(docs[:1]) == docs[:1]
     other_root = Document(page_content="x", metadata={"source": "a.md", "root": "other"})
     assert by_page([docs[0], other_root, docs[2]])[1] is docs[2]  # same path, other folder: another page
+
+
+def test_the_api_path_reranks_outside_the_retrieval_limiter() -> None:
+    """The rerank is a model call (seconds): in ``astream`` it must not hold one of the few
+    CPU-bound retrieval slots that every other question's first stage needs."""
+    import anyio
+
+    from agent.rag.service import AnswerService
+    from agent.settings import load_settings
+
+    limiter = anyio.CapacityLimiter(1)
+    held: list[float] = []
+
+    class Watching(Reverse):
+        def rerank(self, query: str, documents: list[Document], *, config: Any = None) -> list[Document]:
+            held.append(limiter.borrowed_tokens)
+            return super().rerank(query, documents, config=config)
+
+    docs = [Document(page_content=f"chunk {i}", metadata={"source": f"{i}.md", "rank": i, "dense_score": 0.9})
+            for i in range(1, 21)]
+    pool = Pool(docs)
+    service = AnswerService(load_settings(), llm=FakeListChatModel(responses=["From [1]."]), retriever=pool,
+                            limiter=limiter, reranker=Watching())
+
+    async def run() -> list[tuple[str, Any]]:
+        return [event async for event in service.astream("q", k=3)]
+
+    events = anyio.run(run)
+    assert held == [0]  # reranking, no retrieval slot taken
+    assert pool.calls[-1]["k"] == 20  # the first stage gave the candidates
+    answer = events[-1][1]
+    assert [d.metadata["source"] for d in answer.passages] == ["20.md", "19.md", "18.md"]
+    assert [d.metadata["source"] for d in service.run("q", k=3).passages] == ["20.md", "19.md", "18.md"]  # sync alike
