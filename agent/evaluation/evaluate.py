@@ -219,19 +219,20 @@ def evaluate_retrieval(
     The page ranking is the retriever's own, asked for one chunk per page (``max_per_source=1``:
     the order of pages is the one ``kb ask`` ranks by, without the cap that lets a page take up to
     three of the top-k chunks); with a ``reranker``, the pages in the order of the reranked top
-    ``candidates`` chunks, as ``kb ask`` reranks them. ``relevance`` is the best cosine among the
-    top ``top_k`` chunks that ``kb ask`` would get (what its refusal gate reads)."""
+    ``candidates`` chunks, as ``kb ask`` reranks them, then (when those hold fewer than 10 pages)
+    the first stage's next pages. ``relevance`` is the best cosine among the top ``top_k`` chunks
+    that ``kb ask`` would get (what its refusal gate reads)."""
 
     results = {mode: ModeResult(mode) for mode in modes}
     for done, question in enumerate(questions, 1):
         for mode in modes:
+            pages = retriever.invoke(question.question, k=EVAL_K, mode=mode, max_per_source=1)
             if reranker is None:
-                pages = retriever.invoke(question.question, k=EVAL_K, mode=mode, max_per_source=1)
                 gate = retriever.invoke(question.question, k=top_k, mode=mode)
             else:
                 pool = max(candidates, EVAL_K)
-                pages = retrieve(retriever, reranker, question.question, k=pool, candidates=pool, mode=mode)
-                gate = pages[:top_k]
+                reranked = retrieve(retriever, reranker, question.question, k=pool, candidates=pool, mode=mode)
+                gate, pages = reranked[:top_k], [*reranked, *pages]
             ranked = documents([d.metadata.get("source") for d in pages])[:EVAL_K]
             results[mode].rows.append(
                 {

@@ -84,3 +84,19 @@ def test_eval_ranks_the_retrievers_pages_and_gates_on_the_top_k_kb_ask_gets() ->
     assert {"k": 10, "mode": "hybrid", "max_per_source": 1} in retriever.calls  # the page ranking
     assert {"k": 5, "mode": "hybrid"} in retriever.calls  # what kb ask's refusal gate reads
     assert row["relevance"] == 0.9
+
+
+def test_with_a_reranker_eval_ranks_the_reranked_pages_then_fills_from_the_first_stage() -> None:
+    class Reverse:
+        name = "reverse"
+
+        def rerank(self, query: str, documents: list[Document], *, config: Any = None) -> list[Document]:
+            return list(reversed(documents))
+
+    question = GoldQuestion("q1", "where is it?", ("o7.md",), kind="lookup")
+    row = evaluate_retrieval(PagesRetriever(), [question], ["hybrid"], top_k=5, reranker=Reverse(),
+                             candidates=4)["hybrid"].rows[0]
+    # the reranked pool (10 chunks at 3 per page) holds 8 pages, reversed; then the first stage's next ones
+    assert row["retrieved"] == ["o5.md", "o4.md", "o3.md", "o2.md", "o1.md", "o0.md", "gold.md", "x.md",
+                                "o6.md", "o7.md"]
+    assert row["found_at"] == {"o7.md": 10}
