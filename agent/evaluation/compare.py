@@ -28,8 +28,8 @@ from agent.evaluation.evaluate import (
     EVAL_K,
     ModeResult,
     declines,
-    evaluate_retrieval,
     load_gold,
+    measure_retrieval,
     metrics_by_kind,
     retrieval_settings,
 )
@@ -94,16 +94,12 @@ def compare_runs(
     return {"metrics": metrics, "by_kind": kinds, "changed": changed}
 
 
-def run_side(settings: Any, questions: Sequence[Any], on_question: Callable[[int, int], None] | None) -> ModeResult:
-    from agent.rag.rerank import build_reranker
-    from agent.rag.retrieval import build_retriever
-
+def run_side(settings: Any, questions: Sequence[Any], on_question: Callable[[int, int], None] | None
+             ) -> tuple[ModeResult, list[str]]:
+    """One side in its own search mode: its results and the gold sources its index lacks."""
     mode = settings.search_mode
-    retriever = build_retriever(settings, k=EVAL_K, command="eval", mode=mode)
-    reranker = build_reranker(settings, command="eval", usage_extra={"eval_step": "rerank"})
-    results = evaluate_retrieval(retriever, questions, [mode], top_k=settings.top_k, on_question=on_question,
-                                 reranker=reranker, candidates=settings.rerank_candidates)
-    return results[mode]
+    _, results, unknown = measure_retrieval(settings, questions, [mode], primary=mode, on_question=on_question)
+    return results[mode], unknown
 
 
 def run_compare(
@@ -125,8 +121,8 @@ def run_compare(
             return None
         return lambda done, _: on_question(offset + done, total)
 
-    before = run_side(baseline, questions, progress(0))
-    after = run_side(variant, questions, progress(len(questions)))
+    before, unknown_before = run_side(baseline, questions, progress(0))
+    after, unknown_after = run_side(variant, questions, progress(len(questions)))
     floors = (min_relevance(baseline), min_relevance(variant))
     diff = compare_runs(before.rows, after.rows, floors=floors)
     answerable = sum(1 for q in questions if q.answerable)
@@ -136,7 +132,9 @@ def run_compare(
         "answerable": answerable,
         "unanswerable": len(questions) - answerable,
         "k": EVAL_K,
-        "baseline": {"label": labels[0], "settings": retrieval_settings(baseline), "per_question": before.rows},
-        "variant": {"label": labels[1], "settings": retrieval_settings(variant), "per_question": after.rows},
+        "baseline": {"label": labels[0], "settings": retrieval_settings(baseline), "per_question": before.rows,
+                     "unknown_sources": unknown_before},
+        "variant": {"label": labels[1], "settings": retrieval_settings(variant), "per_question": after.rows,
+                    "unknown_sources": unknown_after},
         **diff,
     }

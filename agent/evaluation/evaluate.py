@@ -568,6 +568,23 @@ def primary_mode(modes: Sequence[str], default: str) -> str:
 # ---------------------------------------------------------------- the whole run
 
 
+def measure_retrieval(
+    settings: Any, questions: Sequence[GoldQuestion], modes: Sequence[str], *, primary: str,
+    on_question: Callable[[int, int], None] | None = None,
+) -> tuple[Any, dict[str, ModeResult], list[str]]:
+    """The retrieval part of ``kb eval`` (and of each side of ``--compare``): the retriever (in the
+    ``primary`` mode), every mode's results (reranked with ``KB_RERANK``), and the gold sources that
+    are not in the index for the caller's groups (a typo would otherwise just look like a miss)."""
+    retriever = build_retriever(settings, k=EVAL_K, command="eval", mode=primary)
+    readable = readable_by(retriever.groups)  # --as-groups: a source those groups may not read is unknown
+    unknown = unknown_sources(questions, indexed_sources(
+        retriever.store, Filter(readable_by=readable) if readable is not None else None))
+    reranker = build_reranker(settings, command="eval", usage_extra={"eval_step": "rerank"})  # None: KB_RERANK=off
+    results = evaluate_retrieval(retriever, questions, modes, top_k=settings.top_k, on_question=on_question,
+                                 reranker=reranker, candidates=settings.rerank_candidates)
+    return retriever, results, unknown
+
+
 def run_eval(
     settings: Any,
     gold: Path,
@@ -592,13 +609,7 @@ def run_eval(
         raise ConfigError(f"--answers needs a Databricks model: set {missing}")
 
     primary = primary_mode(modes, settings.search_mode)
-    retriever = build_retriever(settings, k=EVAL_K, command="eval", mode=primary)
-    readable = readable_by(retriever.groups)  # --as-groups: a source those groups may not read is unknown
-    unknown = unknown_sources(questions, indexed_sources(
-        retriever.store, Filter(readable_by=readable) if readable is not None else None))
-    reranker = build_reranker(settings, command="eval", usage_extra={"eval_step": "rerank"})  # None: KB_RERANK=off
-    results = evaluate_retrieval(retriever, questions, modes, top_k=settings.top_k, on_question=on_question,
-                                 reranker=reranker, candidates=settings.rerank_candidates)
+    retriever, results, unknown = measure_retrieval(settings, questions, modes, primary=primary, on_question=on_question)
     relevance = relevance_summary(results[primary], min_relevance(settings))
     answer_report = None
     if answers:

@@ -226,6 +226,9 @@ def print_compare(report: dict[str, Any], out: Console, *, max_changed: int = 30
         out.print(f"    {escape(key)}: {escape(base['settings'][key])} -> {escape(variant['settings'].get(key))}")
     if not differing:
         out.print("    [yellow]the two sides resolve to the same retrieval settings[/]")
+    for side in (base, variant):
+        for source in side.get("unknown_sources") or []:
+            out.print(f"[yellow]warning:[/] {escape(side['label'])}: gold source {escape(source)} is not in its index")
 
     table = Table(show_edge=False, pad_edge=False)
     for name in ("metric", "baseline", "variant", "delta"):

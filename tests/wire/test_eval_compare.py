@@ -78,3 +78,12 @@ def test_compare_usage_errors_are_one_line(indexed: Path, tmp_path: Path, kb: Kb
         assert result.exit_code != 0 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
         assert "dapi123" not in result.stderr
+
+
+def test_compare_warns_about_gold_sources_missing_from_a_sides_index(indexed: Path, tmp_path: Path,
+                                                                     kb: KbRunner) -> None:
+    gold = write_gold(tmp_path / "gold.jsonl", [*GOLD[:1], {"id": "typo", "question": "Where?", "sources": ["hr/ptoo.md"]}])
+    report = json.loads(kb("eval", str(gold), "--compare", "KB_SEARCH_MODE=dense", "--json").stdout)
+    assert report["baseline"]["unknown_sources"] == ["hr/ptoo.md"] == report["variant"]["unknown_sources"]
+    table = kb("eval", str(gold), "--compare", "KB_SEARCH_MODE=dense").stdout
+    assert "gold source hr/ptoo.md is not in its index" in table
