@@ -144,29 +144,25 @@ class _Snapshot:
 
     def rows(self, column: str, keys: Sequence[Any]) -> list[tuple[int, str, str, dict[str, Any]]]:
         """(pos, id, text, metadata) of the rows whose ``column`` is in ``keys``, in the order of ``keys``."""
-        found: dict[Any, tuple[int, str, str, dict[str, Any]]] = {}
-        keys = list(dict.fromkeys(keys))
-        with self._lock:
-            for start in range(0, len(keys), 500):
-                part = keys[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for pos, cid, text, meta in self._db.execute(
-                    f"SELECT pos, id, document, metadata FROM chunks WHERE {column} IN ({marks})", part
-                ):
-                    found[pos if column == "pos" else cid] = (pos, cid, text or "", json.loads(meta) if meta else {})
-        return [found[key] for key in keys if key in found]
+        return [(pos, cid, text or "", json.loads(meta) if meta else {})
+                for pos, cid, text, meta in self._lookup("pos, id, document, metadata", column, keys)]
 
     def ids(self, column: str, keys: Sequence[Any]) -> list[tuple[int, str]]:
         """(pos, id) of the rows whose ``column`` is in ``keys``, in the order of ``keys``: no text, no
         metadata read (ranking needs neither)."""
-        found: dict[Any, tuple[int, str]] = {}
+        return [(pos, cid) for pos, cid in self._lookup("pos, id", column, keys)]
+
+    def _lookup(self, fields: str, column: str, keys: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """``fields`` (starting with pos, id) of the rows whose ``column`` (``pos`` or ``id``) is in
+        ``keys``, in the order of ``keys`` (repeats and misses dropped), 500 keys per query."""
+        found: dict[Any, tuple[Any, ...]] = {}
         keys = list(dict.fromkeys(keys))
         with self._lock:
             for start in range(0, len(keys), 500):
                 part = keys[start : start + 500]
                 marks = ",".join("?" * len(part))
-                for pos, cid in self._db.execute(f"SELECT pos, id FROM chunks WHERE {column} IN ({marks})", part):
-                    found[pos if column == "pos" else cid] = (pos, cid)
+                for row in self._db.execute(f"SELECT {fields} FROM chunks WHERE {column} IN ({marks})", part):
+                    found[row[0] if column == "pos" else row[1]] = row
         return [found[key] for key in keys if key in found]
 
     def page(self, start: int, stop: int) -> list[tuple[int, str, str, dict[str, Any]]]:
@@ -293,8 +289,7 @@ class SnapshotStore:
         snapshot = self._fresh()
         if snapshot is None:
             return self.real_store().nearest(vector, k, filter=filter)
-        positions = snapshot.admitted(filter) if filter is not None and not filter.empty else None
-        hits = snapshot.nearest(vector, k, positions)
+        hits = snapshot.nearest(vector, k, _positions(snapshot, filter))
         rows = {row[0]: row for row in snapshot.rows("pos", [p for p, _ in hits])}
         return [Hit(rows[p][1], distance, rows[p][2], rows[p][3]) for p, distance in hits]
 
@@ -304,8 +299,7 @@ class SnapshotStore:
         snapshot = self._fresh()
         if snapshot is None:
             return [(hit.id, hit.distance) for hit in self.real_store().nearest(vector, k, filter=filter)]
-        positions = snapshot.admitted(filter) if filter is not None and not filter.empty else None
-        hits = snapshot.nearest(vector, k, positions)
+        hits = snapshot.nearest(vector, k, _positions(snapshot, filter))
         ids = dict(snapshot.ids("pos", [p for p, _ in hits]))
         return [(ids[p], distance) for p, distance in hits if p in ids]
 
@@ -345,6 +339,11 @@ class SnapshotStore:
 
     def delete(self, ids: Sequence[str]) -> None:
         raise ReadOnlyStoreError("the query snapshot is read-only", hint="'kb ingest' writes the index")
+
+
+def _positions(snapshot: _Snapshot, filter: Filter | None) -> np.ndarray | None:
+    """The positions ``filter`` admits (``None``: every chunk)."""
+    return snapshot.admitted(filter) if filter is not None and not filter.empty else None
 
 
 def open_snapshot_store(index_dir: Path, embeddings: Any, *, chroma_url: str | None = None) -> SnapshotStore | None:
